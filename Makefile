@@ -1,0 +1,37 @@
+# Every target creates and uses .venv itself: a fresh clone needs only Python, pip and git.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint bench reliability clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+
+demo: $(STAMP)
+	$(BIN)/python -m nbdurable demo
+
+bench: $(STAMP)
+	$(BIN)/python -m bench --write docs/BENCHMARKS.md
+
+reliability: $(STAMP)
+	NBDURABLE_TRIALS=$${NBDURABLE_TRIALS:-200} $(BIN)/python -m pytest tests/reliability -q -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) .nbdurable .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,78 @@
+"""nbdurable: durable workflows in Jupyter notebooks.
+
+Every ``ctx.step.run`` of a durable function is stored on disk; re-running replays
+completed steps instantly and retries the failed ones, also after a kernel restart.
+
+Example:
+    >>> import nbdurable
+    >>> client = nbdurable.Client(app_id="doc", store="/tmp/nbdurable-doc-init")
+    >>> calls = []
+    >>> @client.create_function(fn_id="greet")
+    ... def greet(ctx: nbdurable.ContextSync) -> str:
+    ...     return ctx.step.run("hello", lambda: calls.append(1) or f"hi {ctx.event.data['name']}")
+    >>> greet.run({"name": "ada"}), greet.run({"name": "ada"}), len(calls)
+    ('hi ada', 'hi ada', 1)
+"""
+
+from __future__ import annotations
+
+from nbdurable._client import Client, default_client, function
+from nbdurable._events import Cancel, Concurrency, Event, TriggerCron, TriggerEvent
+from nbdurable._function import Function
+from nbdurable._run import Run
+from nbdurable._step import Context, ContextSync, Group, GroupSync, Step, StepSync
+from nbdurable._types import Backoff, RunStatus, StepInfo, StepStatus
+from nbdurable.errors import (
+    NbdurableError,
+    NestedStepError,
+    NonRetriableError,
+    OutputUnserializableError,
+    RetryAfterError,
+    RunCancelledError,
+    RunFailedError,
+    RunLockedError,
+    StaleStepWarning,
+    StepError,
+    StoreError,
+)
+
+Inngest = Client
+"""The same class as :class:`Client`, so ``import nbdurable as inngest`` reads like the Inngest SDK."""
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backoff",
+    "Cancel",
+    "Client",
+    "Concurrency",
+    "Context",
+    "ContextSync",
+    "Event",
+    "Function",
+    "Group",
+    "GroupSync",
+    "Inngest",
+    "NbdurableError",
+    "NestedStepError",
+    "NonRetriableError",
+    "OutputUnserializableError",
+    "RetryAfterError",
+    "Run",
+    "RunCancelledError",
+    "RunFailedError",
+    "RunLockedError",
+    "RunStatus",
+    "StaleStepWarning",
+    "Step",
+    "StepError",
+    "StepInfo",
+    "StepStatus",
+    "StepSync",
+    "StoreError",
+    "TriggerCron",
+    "TriggerEvent",
+    "default_client",
+    "function",
+]
+

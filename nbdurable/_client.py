@@ -1,0 +1,313 @@
+"""``Client``: where functions are registered and runs are tracked; the default client."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar, overload
+
+from nbdurable import _store
+from nbdurable._clock import SYSTEM_CLOCK, Clock
+from nbdurable._events import Cancel, Concurrency, Event, TriggerCron, TriggerEvent
+from nbdurable._function import Function
+from nbdurable._run import Run
+from nbdurable._serde import check_serializer
+from nbdurable._store import CORRUPT, MISSING, Store
+from nbdurable._types import Backoff, ErrorInfo, RunStatus, StepInfo, StepStatus
+
+T = TypeVar("T")
+DEFAULT_STORE = ".nbdurable"
+
+RunHook = Callable[[Run[Any]], None]
+run_hooks: list[RunHook] = []
+"""Called with each run a blocking ``run()`` is about to execute (the notebook view attaches here)."""
+
+
+class Client:
+    """Registers durable functions and owns their store. ``nbdurable.Inngest`` is this class.
+
+    Args:
+        app_id: namespaces every run in the store.
+        store: the store directory (default ``$NBDURABLE_STORE`` or ``./.nbdurable``).
+        serializer: ``"json"`` (strict, default) or ``"pickle"``.
+        backoff: delays between attempts of failing steps.
+        executor: a ``concurrent.futures.Executor`` to run sync step handlers on.
+        clock: time source (tests pass a fake one).
+
+    Example:
+        >>> client = Client(app_id="notebook", store="/tmp/nbdurable-doc")
+        >>> @client.create_function(fn_id="double")
+        ... def double(ctx: ContextSync) -> int:
+        ...     return ctx.step.run("double", lambda: ctx.event.data["x"] * 2)
+        >>> double.run({"x": 21})
+        42
+    """
+
+    def __init__(
+        self,
+        app_id: str = "notebook",
+        *,
+        store: str | os.PathLike[str] | None = None,
+        serializer: str = "json",
+        backoff: Backoff | None = None,
+        executor: Executor | None = None,
+        clock: Clock | None = None,
+        **_inngest_options: Any,
+    ) -> None:
+        if not isinstance(app_id, str) or not app_id:
+            msg = f"app_id must be a non-empty str, got {app_id!r}"
+            raise ValueError(msg)
+        self.app_id = app_id
+        self.store_path = os.fspath(store) if store is not None else os.environ.get("NBDURABLE_STORE", DEFAULT_STORE)
+        self.serializer = check_serializer(serializer)
+        self.backoff = backoff or Backoff()
+        self.executor = executor
+        self.clock = clock or SYSTEM_CLOCK
+        self.functions: dict[str, Function[Any]] = {}
+        self._store: Store | None = None
+        self._runs: dict[tuple[str, str], Run[Any]] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<nbdurable.Client app_id={self.app_id!r} store={self.store_path!r}>"
+
+    @property
+    def store(self) -> Store:
+        """The opened store (opened on first use)."""
+        if self._store is None:
+            self._store = Store.open(self.store_path)
+        return self._store
+
+    # -- functions ---------------------------------------------------------------------------
+
+    def create_function(
+        self,
+        *,
+        fn_id: str,
+        trigger: TriggerEvent | TriggerCron | list[TriggerEvent | TriggerCron] | None = None,
+        retries: int = 4,
+        on_failure: Callable[[Any], Any] | None = None,
+        idempotency: str | None = None,
+        cancel: list[Cancel] | None = None,
+        concurrency: list[Concurrency] | None = None,
+        output_type: Any = None,
+        serializer: str | None = None,
+        on_change: str = "warn",
+        name: str | None = None,
+    ) -> Callable[[Callable[[Any], Any]], Function[Any]]:
+        """Decorate a function taking ``ctx`` to make it durable.
+
+        Args:
+            fn_id: the function's id (stable across kernels: it keys the store).
+            trigger: ``TriggerEvent`` / ``TriggerCron`` (or a list) that start runs.
+            retries: retries per step (``retries + 1`` attempts each).
+            on_failure: called with a context after a run fails.
+            idempotency: CEL over ``event`` giving the run's identity.
+            cancel: events that cancel a running run.
+            concurrency: limits on concurrent runs.
+            output_type: the type of the function's output, for storing it.
+            serializer: ``"json"`` or ``"pickle"`` (default: the client's).
+            on_change: ``"warn"``, ``"rerun"`` or ``"ignore"`` when a step's code changed.
+            name: a display name.
+
+        Example:
+            >>> @client.create_function(fn_id="etl", retries=2)  # doctest: +SKIP
+            ... async def etl(ctx: Context) -> None: ...
+        """
+
+        def decorate(handler: Callable[[Any], Any]) -> Function[Any]:
+            fn: Function[Any] = Function(
+                self,
+                handler,
+                fn_id=fn_id,
+                trigger=trigger,
+                retries=retries,
+                on_failure=on_failure,
+                idempotency=idempotency,
+                cancel=cancel,
+                concurrency=concurrency,
+                output_type=output_type,
+                serializer=serializer,
+                on_change=on_change,
+                name=name,
+            )
+            self.functions[fn_id] = fn
+            return fn
+
+        return decorate
+
+    # -- runs in this process ----------------------------------------------------------------
+
+    def _claim_run(self, fn: Function[Any], run_id: str, event: Event) -> tuple[Run[Any], bool]:
+        """The Run for ``run_id``, and whether an execution of it is already in flight here."""
+        with self._lock:
+            run = self._runs.get((fn.id, run_id))
+            if run is not None and not run.done:
+                return run, True
+            if run is None:
+                run = self._runs[(fn.id, run_id)] = Run(fn.id, run_id, event, app=self.app_id)
+            else:
+                run.event = event
+            run._cancel_reason = None
+            run._begin()
+            return run, False
+
+    def _release_run(self, run: Run[Any], output: Any, exc: BaseException | None) -> None:
+        run._finish(output, exc)
+
+    def _show(self, run: Run[Any]) -> None:
+        for hook in tuple(run_hooks):
+            hook(run)
+
+    def _after_failure(self, fn: Function[Any], run: Run[Any]) -> None:
+        """Runs after a run failed (``on_failure`` handlers hook in here)."""
+
+    # -- runs in the store -------------------------------------------------------------------
+
+    def _load(self, rec: _store.RunRecord, *, with_steps: bool = True) -> Run[Any]:
+        live = self._runs.get((rec.function_id, rec.run_id))
+        if live is not None and not live.done:
+            return live
+        ev = rec.event
+        run: Run[Any] = Run(rec.function_id, rec.run_id, Event(ev.name, ev.data, ev.id, ev.ts), app=self.app_id)
+        run.status = _store.effective_status(rec, self.clock.now())
+        run.started_at = rec.started_at
+        run.ended_at = rec.ended_at
+        run.executions = rec.executions
+        run.failed_step = rec.failed_step
+        if rec.error is not None:
+            run.error = ErrorInfo(rec.error.name, rec.error.message, rec.error.stack)
+        if run.status is RunStatus.INTERRUPTED and rec.current_step:
+            run.note = f"step {rec.current_step!r} was in flight when its process stopped"
+        if with_steps:
+            run.steps = self._stored_steps(rec)
+        return run
+
+    def _stored_steps(self, rec: _store.RunRecord) -> list[StepInfo]:
+        prefix = _store.step_prefix(self.app_id, rec.function_id, rec.run_id)
+        keys = list(rec.steps)
+        if rec.status.active or not keys:  # the list is written at the end of an execution
+            known = set(keys)
+            keys += [k[len(prefix) :] for k in self.store.keys(prefix) if k[len(prefix) :] not in known]
+        out = []
+        for key in keys:
+            got = self.store.get_step(prefix + key)
+            if got is MISSING or got is CORRUPT:
+                continue
+            srec = got[0]
+            info = StepInfo(
+                key=key,
+                step_id=key.rsplit(":", 1)[0] if ":" in key and key.rsplit(":", 1)[1].isdigit() else key,
+                kind=srec.kind,
+                status=StepStatus(srec.status),
+                attempts=srec.attempts,
+                started_at=srec.started_at,
+                duration=srec.duration,
+            )
+            if srec.error is not None:
+                info.error = ErrorInfo(srec.error.name, srec.error.message, srec.error.stack)
+            out.append(info)
+        if rec.current_step and rec.current_step not in {s.key for s in out}:
+            out.append(
+                StepInfo(key=rec.current_step, step_id=rec.current_step, note="in flight when its process stopped")
+            )
+        return out
+
+    def runs(self, fn_id: str | None = None, status: RunStatus | str | None = None) -> list[Run[Any]]:
+        """Runs in the store, newest first, optionally of one function and one status.
+
+        Example:
+            >>> client.runs(status="FAILED")  # doctest: +SKIP
+        """
+        want = RunStatus(status) if status is not None else None
+        recs = sorted(self.store.runs(self.app_id, fn_id), key=lambda r: r.updated_at, reverse=True)
+        out = [self._load(r, with_steps=False) for r in recs]
+        return [r for r in out if want is None or r.status is want]
+
+    def get_run(self, run_id: str) -> Run[Any] | None:
+        """A run by id (any function), with its steps; ``None`` if the store has none."""
+        for rec in self.store.runs(self.app_id):
+            if rec.run_id == run_id:
+                return self._load(rec)
+        return None
+
+    def _clear(self, fn_id: str | None, run_id: str | None) -> int:
+        recs = [r for r in self.store.runs(self.app_id, fn_id) if run_id is None or r.run_id == run_id]
+        for rec in recs:
+            live = self._runs.get((rec.function_id, rec.run_id))
+            if live is not None and not live.done:
+                msg = f"run {rec.run_id!r} is executing; wait for it (or cancel it) before clearing it"
+                raise RuntimeError(msg)
+            self.store.delete_prefix(_store.step_prefix(self.app_id, rec.function_id, rec.run_id))
+            self.store.delete(_store.run_key(self.app_id, rec.function_id, rec.run_id))
+            self._runs.pop((rec.function_id, rec.run_id), None)
+        return len(recs)
+
+    def _invalidate(self, fn_id: str, run_id: str, from_step: str | None) -> list[str]:
+        got = self.store.get_run(_store.run_key(self.app_id, fn_id, run_id))
+        if got is MISSING or got is CORRUPT:
+            msg = f"function {fn_id!r} has no stored run {run_id!r}. Fix: see {fn_id}.runs() for run ids."
+            raise KeyError(msg)
+        prefix = _store.step_prefix(self.app_id, fn_id, run_id)
+        stored = [k[len(prefix) :] for k in self.store.keys(prefix)]
+        order = [k for k in got[0].steps if k in stored] + [k for k in stored if k not in got[0].steps]
+        if from_step is not None:
+            if from_step not in order:
+                msg = f"run {run_id!r} of {fn_id!r} has no stored step {from_step!r}; stored steps: {order}"
+                raise KeyError(msg)
+            order = order[order.index(from_step) :]
+        for key in order:
+            self.store.delete(prefix + key)
+        return order
+
+
+_default_client: Client | None = None
+_default_lock = threading.Lock()
+
+
+def default_client() -> Client:
+    """The client ``@nbdurable.function`` registers on (app ``notebook``, default store)."""
+    global _default_client  # noqa: PLW0603 - one lazily built default, like logging's root logger
+    with _default_lock:
+        if _default_client is None:
+            _default_client = Client("notebook")
+        return _default_client
+
+
+@overload
+def function(handler: Callable[[Any], Any], /) -> Function[Any]: ...
+@overload
+def function(
+    handler: None = None, /, *, fn_id: str | None = None, client: Client | None = None, **options: Any
+) -> Callable[[Callable[[Any], Any]], Function[Any]]: ...
+
+
+def function(
+    handler: Callable[[Any], Any] | None = None,
+    /,
+    *,
+    fn_id: str | None = None,
+    client: Client | None = None,
+    **options: Any,
+) -> Function[Any] | Callable[[Callable[[Any], Any]], Function[Any]]:
+    """Make a function durable on the default client; its id is its ``__name__``.
+
+    Args:
+        handler: the function (when used as ``@nbdurable.function`` without parentheses).
+        fn_id: the id (default: the function's name).
+        client: another client than the default one.
+        **options: as for ``Client.create_function`` (``retries``, ``serializer``...).
+
+    Example:
+        >>> @function(retries=3)  # doctest: +SKIP
+        ... def quick(ctx):
+        ...     return ctx.step.run("one", lambda: 1)
+    """
+
+    def decorate(fn: Callable[[Any], Any]) -> Function[Any]:
+        owner = client or default_client()
+        return owner.create_function(fn_id=fn_id or fn.__name__, **options)(fn)
+
+    return decorate(handler) if handler is not None else decorate

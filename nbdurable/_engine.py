@@ -1,0 +1,640 @@
+"""Executing a run: memo lookup, retries, leases, status transitions.
+
+The engine is sans-IO: a step's attempts are a generator that yields actions (call the
+handler, sleep) and receives their outcomes. ``drive_sync`` and ``drive_async`` are the
+only places that call handlers or sleep, so the sync and async faces share every rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+import traceback
+import warnings
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+from nbdurable import _store
+from nbdurable._fingerprint import fingerprint
+from nbdurable._run import NO_OUTPUT, Run
+from nbdurable._serde import NO_TYPE, PICKLE, Codec, codec_for, json_default_preview, return_annotation
+from nbdurable._store import CORRUPT, MISSING, ErrorRecord, EventRecord, RunRecord, StepRecord
+from nbdurable._types import ErrorInfo, RunStatus, StepInfo, StepStatus
+from nbdurable.errors import (
+    NestedStepError,
+    NonRetriableError,
+    OutputUnserializableError,
+    RetryAfterError,
+    RunCancelledError,
+    RunFailedError,
+    RunLockedError,
+    StaleStepWarning,
+    StepError,
+)
+
+if TYPE_CHECKING:
+    from nbdurable._client import Client
+    from nbdurable._clock import Clock
+    from nbdurable._function import Function
+
+_IN_HANDLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("nbdurable_in_handler", default=None)
+log = logging.getLogger("nbdurable")
+_META: dict[tuple[object, str], tuple[Codec, str]] = {}
+
+
+class CancelSignal(BaseException):
+    """Private: stops a run between steps. A ``BaseException`` so user code cannot swallow it."""
+
+
+INTERRUPTS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit)
+
+
+# --- actions the step generators yield --------------------------------------------------
+
+
+class Call:
+    """Call ``fn(*args)`` as the handler of step ``key``; reply ``(True, value)`` or ``(False, exc)``."""
+
+    __slots__ = ("args", "fn", "key")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], key: str) -> None:
+        self.fn = fn
+        self.args = args
+        self.key = key
+
+
+class Sleep:
+    """Sleep ``seconds``; reply ``None``."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+class Replayed:
+    """A step whose stored value is returned without running anything."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class Pending:
+    """A step that must execute."""
+
+    __slots__ = ("args", "codec", "fp", "handler", "info", "key")
+
+    def __init__(
+        self, key: str, handler: Callable[..., Any], args: tuple[Any, ...], codec: Codec, fp: str | None, info: StepInfo
+    ) -> None:
+        self.key = key
+        self.handler = handler
+        self.args = args
+        self.codec = codec
+        self.fp = fp
+        self.info = info
+
+
+Action = Call | Sleep
+StepGen = Generator[Action, Any, Any]
+
+
+def _error_info(exc: BaseException) -> ErrorInfo:
+    return ErrorInfo(
+        name=type(exc).__name__,
+        message=str(exc),
+        stack="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+    )
+
+
+def _error_record(info: ErrorInfo) -> ErrorRecord:
+    return ErrorRecord(name=info.name, message=info.message, stack=info.stack)
+
+
+# --- drivers --------------------------------------------------------------------------------
+
+
+def drive_sync(ex: Execution, gen: StepGen) -> Any:
+    """Run a step generator in this thread: call handlers, sleep with the injected clock."""
+    reply: Any = None
+    try:
+        while True:
+            action = gen.send(reply)
+            if isinstance(action, Call):
+                token = _IN_HANDLER.set(action.key)
+                try:
+                    value = ex.call_sync(action.fn, action.args)
+                    reply = (True, value)
+                except Exception as exc:  # noqa: BLE001 - handed to the engine as data
+                    reply = (False, exc)
+                finally:
+                    _IN_HANDLER.reset(token)
+            else:
+                ex.clock.sleep(action.seconds)
+                reply = None
+    except StopIteration as stop:
+        return stop.value
+
+
+async def drive_async(ex: Execution, gen: StepGen) -> Any:
+    """Run a step generator as a task: await async handlers, sleep without blocking the loop."""
+    reply: Any = None
+    try:
+        while True:
+            action = gen.send(reply)
+            if isinstance(action, Call):
+                token = _IN_HANDLER.set(action.key)
+                try:
+                    value = await ex.call_async(action.fn, action.args)
+                    reply = (True, value)
+                except Exception as exc:  # noqa: BLE001 - handed to the engine as data
+                    reply = (False, exc)
+                finally:
+                    _IN_HANDLER.reset(token)
+            else:
+                await ex.clock.asleep(action.seconds)
+                reply = None
+    except StopIteration as stop:
+        return stop.value
+
+
+# --- heartbeat --------------------------------------------------------------------------
+
+
+class _Heartbeat:
+    """One daemon thread for the process: refreshes leases and records the step in flight.
+
+    A step's in-flight marker is written only once it has run for ``PERIOD`` seconds, so
+    trivial steps cost no extra write, and a kernel killed during a long step leaves a
+    record saying which step never finished.
+    """
+
+    PERIOD = 0.25
+    REFRESH = 5.0
+
+    def __init__(self) -> None:
+        self._active: set[Execution] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, ex: Execution) -> None:
+        with self._lock:
+            self._active.add(ex)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="nbdurable-heartbeat", daemon=True)
+                self._thread.start()
+
+    def remove(self, ex: Execution) -> None:
+        with self._lock:
+            self._active.discard(ex)
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(self.PERIOD)
+            with self._lock:
+                active = list(self._active)
+            for ex in active:
+                try:
+                    ex.beat()
+                except Exception:
+                    log.debug("heartbeat failed", exc_info=True)
+
+
+HEARTBEAT = _Heartbeat()
+
+
+# --- one execution ----------------------------------------------------------------------
+
+
+class Execution:
+    """One pass of a run's body: from taking the lease to writing the end state."""
+
+    def __init__(self, client: Client, fn: Function[Any], run: Run[Any]) -> None:
+        self.client = client
+        self.fn = fn
+        self.run = run
+        self.store = client.store
+        self.clock: Clock = client.clock
+        self.key = _store.run_key(client.app_id, fn.id, run.id)
+        self.prefix = _store.step_prefix(client.app_id, fn.id, run.id)
+        self.counts: dict[str, int] = {}
+        self.max_attempts = fn.retries + 1
+        self.serializer = fn.serializer or client.serializer
+        self.on_change = fn.on_change
+        self.backoff = client.backoff
+        self.fresh = False
+        self.preloaded: dict[str, bytes | None] | None = None
+        self.replaying = False
+        self.in_flight_before: str | None = None
+        self.record: RunRecord | None = None
+        self.current: StepInfo | None = None
+        self.beat_marked: str | None = None
+        self.last_beat = 0.0
+        self.lock = threading.Lock()
+        self.ended = False
+        self.owner = _store.new_owner()
+
+    # -- lease -------------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Take the lease (or raise ``RunLockedError``) and mark the run RUNNING."""
+        now = self.clock.now()
+        run = self.run
+        event = run.event
+
+        def change(got: Any) -> tuple[RunRecord, bytes]:
+            cur: RunRecord | None = got[0] if got is not MISSING and got is not CORRUPT else None
+            if cur is not None and cur.status.active and cur.owner is not None:
+                if _store.owner_alive(cur.owner, cur.heartbeat_at, now):
+                    msg = (
+                        f"run {run.id!r} of {self.fn.id!r} is being executed by another process "
+                        f"(host {cur.owner.host}, pid {cur.owner.pid}). Fix: wait for it to finish and "
+                        "run again (completed steps will replay), or stop that process."
+                    )
+                    raise RunLockedError(msg)
+                self.in_flight_before = cur.current_step
+                run.note = "resumed after the previous execution was interrupted"
+            self.fresh = got is MISSING
+            base = cur or RunRecord(
+                app=self.client.app_id,
+                function_id=self.fn.id,
+                run_id=run.id,
+                status=RunStatus.QUEUED,
+                event=EventRecord(**event.to_dict()),
+                created_at=now,
+                updated_at=now,
+            )
+            rec = base.model_copy(
+                update={
+                    "status": RunStatus.RUNNING,
+                    "owner": self.owner,
+                    "heartbeat_at": now,
+                    "updated_at": now,
+                    "started_at": now,
+                    "ended_at": None,
+                    "executions": base.executions + 1,
+                    "error": None,
+                    "failed_step": None,
+                    "current_step": None,
+                    "current_since": None,
+                    "serializer": self.serializer,
+                }
+            )
+            self.record = rec
+            return rec, b""
+
+        self.store.update_run(self.key, change)
+        assert self.record is not None
+        self.replaying = not self.fresh
+        run.status = RunStatus.RUNNING
+        run.started_at = now
+        run.ended_at = None
+        run.executions = self.record.executions
+        run.error = None
+        run.failed_step = None
+        run.steps = []
+        self.last_beat = now
+        HEARTBEAT.add(self)
+        run.emit("run_started")
+
+    def beat(self) -> None:
+        """Refresh the lease; record the step in flight once it has run a while."""
+        now = self.clock.now()
+        cur = self.current
+        marker = (
+            cur.key
+            if cur is not None and cur.started_at is not None and now - cur.started_at >= HEARTBEAT.PERIOD
+            else None
+        )
+        if marker == self.beat_marked and now - self.last_beat < HEARTBEAT.REFRESH:
+            return
+        with self.lock:
+            if self.ended or self.record is None:
+                return
+            self.record = self.record.model_copy(
+                update={
+                    "heartbeat_at": now,
+                    "updated_at": now,
+                    "current_step": marker,
+                    "current_since": cur.started_at if marker and cur else None,
+                    "status": self.run.status if self.run.status.active else RunStatus.RUNNING,
+                }
+            )
+            self.store.put(self.key, self.record)
+            self.beat_marked = marker
+            self.last_beat = now
+
+    def end(self, output: Any = NO_OUTPUT, exc: BaseException | None = None) -> Any:
+        """Write the end state, release the lease, and return the output or raise."""
+        run = self.run
+        raise_exc: BaseException | None = None
+        error: ErrorInfo | None = None
+        if exc is None:
+            status = RunStatus.COMPLETED
+        elif isinstance(exc, CancelSignal):
+            status = RunStatus.CANCELLED
+            raise_exc = RunCancelledError(f"run {run.id!r} of {self.fn.id!r} was cancelled: {exc}")
+            error = ErrorInfo("RunCancelledError", str(exc))
+        elif isinstance(exc, Exception):
+            status = RunStatus.FAILED
+            root: BaseException = exc
+            if isinstance(exc, StepError) and exc.__cause__ is not None:
+                root = exc.__cause__
+            step_id = exc.step_id if isinstance(exc, StepError) else None
+            if isinstance(exc, OutputUnserializableError):
+                step_id = run.failed_step
+            where = f" at step {step_id!r}" if step_id else ""
+            error = _error_info(root)
+            raise_exc = RunFailedError(
+                f"run {run.id!r} of {self.fn.id!r} failed{where}: {error.name}: {error.message}",
+                run_id=run.id,
+                function_id=self.fn.id,
+                step_id=step_id,
+            )
+            raise_exc.__cause__ = root
+            run.failed_step = step_id
+        else:
+            status = RunStatus.INTERRUPTED
+            raise_exc = exc
+            for step in run.steps:
+                if step.status in (StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.SLEEPING, StepStatus.WAITING):
+                    step.note = "interrupted; run again to resume"
+        now = self.clock.now()
+        payload = b""
+        preview = None
+        if status is RunStatus.COMPLETED:
+            preview = json_default_preview(output)
+            try:
+                payload = codec_for(self.serializer, self.fn.output_type).dumps(output, "<run output>")
+            except OutputUnserializableError:
+                payload = b""
+        HEARTBEAT.remove(self)
+        try:
+            with self.lock:
+                self.ended = True
+                assert self.record is not None
+                self.record = self.record.model_copy(
+                    update={
+                        "status": status,
+                        "owner": None,
+                        "heartbeat_at": now,
+                        "updated_at": now,
+                        "ended_at": now,
+                        "steps": [s.key for s in run.steps],
+                        "current_step": None,
+                        "current_since": None,
+                        "error": _error_record(error) if error else None,
+                        "failed_step": run.failed_step,
+                        "output_preview": preview,
+                        "has_output": bool(payload),
+                    }
+                )
+                self.store.put(self.key, self.record, payload)
+        finally:
+            _store.retire_owner(self.owner)
+            run.status = status
+            run.error = error
+            run.ended_at = now
+        run.emit("run_finished")
+        if raise_exc is not None:
+            raise raise_exc
+        return output
+
+    # -- handlers ----------------------------------------------------------------------------
+
+    def call_sync(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        executor = self.client.executor
+        if executor is not None and not asyncio.iscoroutinefunction(fn):
+            return executor.submit(fn, *args).result()
+        value = fn(*args)
+        if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
+            from nbdurable._function import run_blocking
+
+            value = run_blocking(value)
+        return value
+
+    async def call_async(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        executor = self.client.executor
+        if executor is not None and not asyncio.iscoroutinefunction(fn):
+            return await asyncio.wrap_future(executor.submit(fn, *args))
+        value = fn(*args)
+        if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
+            value = await value
+        return value
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def step_key(self, step_id: Any, tool: str) -> str:
+        """Check the call may happen here and give the step its key (``id`` or ``id:n``)."""
+        outer = _IN_HANDLER.get()
+        if outer is not None:
+            msg = (
+                f"step.{tool}({step_id!r}) was called inside the handler of step {outer!r}. Steps cannot "
+                "be nested. Fix: call it from the function body, or call the inner work as a plain function."
+            )
+            raise NestedStepError(msg)
+        if self.ended:
+            msg = (
+                f"step.{tool}({step_id!r}) was called after run {self.run.id!r} ended. Fix: use ctx.step "
+                "only inside the durable function while it runs."
+            )
+            raise NestedStepError(msg)
+        reason = self.run._cancel_reason
+        if reason is not None:
+            raise CancelSignal(reason)
+        if type(step_id) is not str or not step_id:
+            msg = f"step id must be a non-empty str, got {step_id!r}. Fix: ctx.step.{tool}('fetch-users', ...)"
+            raise ValueError(msg)
+        n = self.counts.get(step_id, 0)
+        self.counts[step_id] = n + 1
+        return step_id if n == 0 else f"{step_id}:{n}"
+
+    def lookup(self, key: str) -> tuple[StepRecord, bytes] | None:
+        """The stored record of a step, or None (nothing stored, or unreadable)."""
+        if self.fresh:
+            return None
+        if self.preloaded is None:
+            self.preloaded = self.store.scan(self.prefix)
+        full = self.prefix + key
+        raw = self.preloaded.pop(full, MISSING)
+        if raw is MISSING:
+            return None
+        got = self.store.decode_step(full, raw)
+        if got is MISSING or got is CORRUPT:
+            return None
+        return got
+
+    def add_step(self, info: StepInfo, kind: str) -> None:
+        self.run.steps.append(info)
+        if self.run._listeners:
+            self.run.emit(kind, info)
+
+    def plan_run(self, step_id: Any, handler: Any, args: tuple[Any, ...], output_type: Any) -> Replayed | Pending:
+        """Replay ``step.run`` from the store, or plan its execution."""
+        key = self.step_key(step_id, "run")
+        if not callable(handler):
+            msg = (
+                f"step {key!r}: handler must be callable, got {type(handler).__name__} {handler!r:.60}. "
+                f"Fix: pass the function itself, e.g. ctx.step.run({step_id!r}, fetch, arg) and not fetch(arg)."
+            )
+            raise TypeError(msg)
+        codec, fp = self.handler_meta(handler, args, output_type)
+        got = self.lookup(key)
+        if got is not None:
+            rec, payload = got
+            if rec.status == "COMPLETED":
+                stale = fp is not None and rec.fingerprint is not None and rec.fingerprint != fp
+                if not (stale and self.on_change == "rerun"):
+                    replayed = self.replay(key, step_id, rec, payload, codec, stale)
+                    if replayed is not None:
+                        return replayed
+        self.replaying = False
+        info = StepInfo(key=key, step_id=step_id, max_attempts=self.max_attempts)
+        if key == self.in_flight_before:
+            info.note = "previous attempt never finished"
+        return Pending(key, handler, args, codec, fp, info)
+
+    def handler_meta(self, handler: Any, args: tuple[Any, ...], output_type: Any) -> tuple[Codec, str | None]:
+        """The codec and fingerprint of a step call; cached per code object for plain calls."""
+        code = getattr(handler, "__code__", None)
+        cacheable = code is not None and not args and output_type is None
+        if cacheable:
+            meta = _META.get((code, self.serializer))
+            if meta is not None:
+                return meta[0], None if self.on_change == "ignore" else meta[1]
+        out_type = return_annotation(handler) if output_type is None else output_type
+        codec = codec_for(self.serializer, out_type)
+        fp = fingerprint(handler, args)
+        if cacheable:
+            _META[(code, self.serializer)] = (codec, fp)
+        return codec, None if self.on_change == "ignore" else fp
+
+    def replay(
+        self, key: str, step_id: str, rec: StepRecord, payload: bytes, codec: Codec, stale: bool
+    ) -> Replayed | None:
+        """Rebuild a stored output; None when it cannot be read (the step then executes again)."""
+        if rec.serializer != codec.name:
+            codec = PICKLE if rec.serializer == "pickle" else codec_for("json", NO_TYPE)
+        try:
+            value = codec.loads(payload)
+        except Exception as exc:  # noqa: BLE001 - an unreadable output is re-executed, never a crash
+            warnings.warn(
+                f"nbdurable: the stored output of step {key!r} cannot be rebuilt ({type(exc).__name__}: "
+                f"{exc}); the step executes again.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return None
+        if stale:
+            warnings.warn(
+                f"step {key!r} of {self.fn.id!r} replayed an output stored before its code or arguments "
+                f"changed. Fix: {self.fn.id}.invalidate({self.run.id!r}, from_step={key!r}) to run it again, "
+                "or on_change='rerun' to do so automatically.",
+                StaleStepWarning,
+                stacklevel=4,
+            )
+        info = StepInfo(
+            key=key,
+            step_id=step_id,
+            kind=rec.kind,
+            status=StepStatus.REPLAYED,
+            attempts=rec.attempts,
+            max_attempts=self.max_attempts,
+            started_at=rec.started_at,
+            duration=rec.duration,
+            output=value,
+            has_output=True,
+            stale=stale,
+        )
+        self.add_step(info, "step_replayed")
+        return Replayed(value)
+
+    def attempts(self, p: Pending) -> StepGen:
+        """Execute a step: call its handler until it succeeds or its attempts run out."""
+        info = p.info
+        self.add_step(info, "step_started")
+        failures = 0
+        while True:
+            info.attempts += 1
+            info.status = StepStatus.RUNNING
+            info.deadline = None
+            started = info.started_at = self.clock.now()
+            self.current = info
+            if info.attempts > 1:
+                self.run.emit("step_started", info)
+            ok, value = yield Call(p.handler, p.args, p.key)
+            if ok:
+                return self.complete(p, value, started)
+            failures += 1
+            exc: Exception = value
+            info.error = _error_info(exc)
+            info.duration = self.clock.now() - started
+            if isinstance(exc, NonRetriableError) or failures >= self.max_attempts:
+                self.fail(p, started)
+                raise StepError(exc.__str__(), type(exc).__name__, info.error.stack, p.key) from exc
+            if isinstance(exc, RetryAfterError):
+                delay = exc.delay_seconds(self.clock.now())
+            else:
+                delay = self.backoff.delay(failures)
+            info.status = StepStatus.RETRYING
+            info.deadline = self.clock.now() + delay
+            self.run.emit("step_retrying", info)
+            yield Sleep(delay)
+
+    def complete(self, p: Pending, value: Any, started: float) -> Any:
+        """Store a step's output (on disk before this returns) and give back the stored value."""
+        info = p.info
+        now = self.clock.now()
+        try:
+            payload = p.codec.dumps(value, p.key)
+        except OutputUnserializableError as exc:
+            info.error = _error_info(exc)
+            self.run.failed_step = p.key
+            self.fail(p, started)
+            raise
+        out = p.codec.loads(payload)
+        rec = StepRecord.model_construct(
+            status="COMPLETED",
+            attempts=info.attempts,
+            started_at=started,
+            ended_at=now,
+            duration=now - started,
+            serializer=p.codec.name,
+            fingerprint=p.fp,
+        )
+        self.store.put(self.prefix + p.key, rec, payload)
+        self.current = None
+        info.status = StepStatus.COMPLETED
+        info.duration = now - started
+        info.output = out
+        info.has_output = True
+        info.error = None
+        if self.run._listeners:
+            self.run.emit("step_completed", info)
+        return out
+
+    def fail(self, p: Pending, started: float) -> None:
+        """Record a step that failed for good in this execution."""
+        info = p.info
+        now = self.clock.now()
+        info.status = StepStatus.FAILED
+        info.duration = now - started
+        self.current = None
+        err = info.error or ErrorInfo("Error", "")
+        rec = StepRecord(
+            status="FAILED",
+            attempts=info.attempts,
+            started_at=started,
+            ended_at=now,
+            duration=now - started,
+            serializer=p.codec.name,
+            fingerprint=p.fp,
+            error=_error_record(err),
+        )
+        self.store.put(self.prefix + p.key, rec)
+        self.run.emit("step_failed", info)

@@ -1,0 +1,59 @@
+"""Fingerprints of step handlers and their arguments, to notice code changes on replay."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+from typing import Any
+
+_code_cache: dict[object, str] = {}
+
+
+def _digest(text: bytes) -> str:
+    return hashlib.blake2b(text, digest_size=8).hexdigest()
+
+
+def _code_fingerprint(fn: Any) -> str:
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        call = getattr(type(fn), "__call__", None)  # noqa: B004 - a callable object
+        code = getattr(call, "__code__", None)
+        if code is None:  # builtins and C callables: their name is all there is
+            return _digest(f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}".encode())
+    found = _code_cache.get(code)
+    if found is None:
+        try:
+            text = inspect.getsource(code).encode()
+        except (OSError, TypeError):
+            text = code.co_code + repr(code.co_consts).encode()
+        found = _code_cache[code] = _digest(text)
+    return found
+
+
+def _default(value: Any) -> str:
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def fingerprint(handler: Any, args: tuple[Any, ...]) -> str:
+    """A short hash of the handler's source (or bytecode) and its arguments.
+
+    The source hash is cached per code object, so replaying a step costs a dict lookup
+    (plus hashing the arguments when there are any).
+    """
+    fn = handler
+    kwargs: dict[str, Any] = {}
+    while isinstance(fn, functools.partial):
+        args = (*fn.args, *args)
+        kwargs = {**fn.keywords, **kwargs}
+        fn = fn.func
+    fn = getattr(fn, "__func__", fn)
+    base = _code_fingerprint(fn)
+    if not args and not kwargs:
+        return base
+    try:
+        blob = json.dumps([args, kwargs], sort_keys=True, default=_default)
+    except (TypeError, ValueError):
+        blob = repr([type(a).__qualname__ for a in args])
+    return _digest(f"{base}|{blob}".encode())

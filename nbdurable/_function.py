@@ -1,0 +1,294 @@
+"""``Function``: a durable function, with ``run`` / ``run_async`` / ``start`` and run ids."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from nbdurable import _store
+from nbdurable._engine import Execution
+from nbdurable._events import Cancel, Concurrency, Event, TriggerCron, TriggerEvent, canonical_json
+from nbdurable._run import NO_OUTPUT, Run
+from nbdurable._serde import check_serializer
+from nbdurable._step import Context, ContextSync, make_context
+from nbdurable._types import RunStatus
+
+if TYPE_CHECKING:
+    from nbdurable._client import Client
+
+T = TypeVar("T")
+ON_CHANGE = ("warn", "rerun", "ignore")
+
+
+def run_blocking(awaitable: Awaitable[T]) -> T:
+    """Run an awaitable to completion from sync code, also inside a running loop (Jupyter)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_as_coroutine(awaitable))
+    import nest_asyncio
+
+    nest_asyncio.apply(loop)
+    return loop.run_until_complete(awaitable)
+
+
+async def _as_coroutine(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+class Function(Generic[T]):
+    """A durable function: every ``ctx.step.run`` inside it is stored, retried and replayed.
+
+    Create one with ``client.create_function(...)`` or ``@nbdurable.function``.
+
+    Example:
+        >>> @client.create_function(fn_id="hello")  # doctest: +SKIP
+        ... def hello(ctx: nbdurable.ContextSync) -> str:
+        ...     return ctx.step.run("greet", lambda: f"hi {ctx.event.data['name']}")
+        >>> hello.run({"name": "ada"})  # doctest: +SKIP
+        'hi ada'
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        handler: Callable[[Any], Any],
+        *,
+        fn_id: str,
+        trigger: TriggerEvent | TriggerCron | list[TriggerEvent | TriggerCron] | None = None,
+        retries: int = 4,
+        on_failure: Callable[[Any], Any] | None = None,
+        idempotency: str | None = None,
+        cancel: list[Cancel] | None = None,
+        concurrency: list[Concurrency] | None = None,
+        output_type: Any = None,
+        serializer: str | None = None,
+        on_change: str = "warn",
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(fn_id, str) or not fn_id:
+            msg = f"fn_id must be a non-empty str, got {fn_id!r}"
+            raise ValueError(msg)
+        if not callable(handler):
+            msg = f"function {fn_id!r}: the decorated object must be callable, got {handler!r:.60}"
+            raise TypeError(msg)
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            msg = f"function {fn_id!r}: retries must be an int >= 0, got {retries!r}"
+            raise ValueError(msg)
+        if on_change not in ON_CHANGE:
+            msg = f"function {fn_id!r}: on_change must be one of {ON_CHANGE}, got {on_change!r}"
+            raise ValueError(msg)
+        if serializer is not None:
+            check_serializer(serializer)
+        if idempotency is not None:
+            from nbdurable._cel import compile_cel
+
+            compile_cel(idempotency)
+        self.client = client
+        self.handler = handler
+        self.id = fn_id
+        self.name = name or fn_id
+        triggers = trigger if isinstance(trigger, list) else [trigger] if trigger is not None else []
+        self.triggers: list[TriggerEvent | TriggerCron] = triggers
+        self.retries = retries
+        self.on_failure = on_failure
+        self.idempotency = idempotency
+        self.cancel = list(cancel or [])
+        self.concurrency = list(concurrency or [])
+        self.output_type = output_type
+        self.serializer = serializer
+        self.on_change = on_change
+        self.is_async = inspect.iscoroutinefunction(handler)
+        functools.update_wrapper(self, handler)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"<nbdurable.Function {self.id!r}>"
+
+    # -- identity ----------------------------------------------------------------------------
+
+    def _event(self, data: dict[str, Any] | None, event: Event | None) -> Event:
+        if event is not None:
+            if data is not None:
+                msg = f"function {self.id!r}: pass either data or event, not both"
+                raise ValueError(msg)
+            if not isinstance(event, Event):
+                msg = f"function {self.id!r}: event must be an nbdurable.Event, got {type(event).__name__}"
+                raise TypeError(msg)
+            return event
+        name = next((t.event for t in self.triggers if isinstance(t, TriggerEvent) and "*" not in t.event), None)
+        return Event(name or f"run/{self.id}", data or {})
+
+    def run_id_for(self, event: Event) -> str:
+        """The run id for an event: the ``idempotency`` key, else a hash of the event's name and data."""
+        if self.idempotency is not None:
+            from nbdurable._cel import evaluate
+
+            key = evaluate(self.idempotency, event=event.to_dict())
+            if key is None:
+                msg = (
+                    f"function {self.id!r}: idempotency expression {self.idempotency!r} gave no value "
+                    f"for event data {event.data!r:.80}. Fix: make it refer to fields the data has."
+                )
+                raise ValueError(msg)
+            basis = f"idem\x00{self.id}\x00{canonical_json(key, what='idempotency key')}"
+        else:
+            basis = f"{self.id}\x00{event.name}\x00{canonical_json(event.data, what=f'{self.id} event data')}"
+        return hashlib.sha256(basis.encode()).hexdigest()[:16]
+
+    def _claim(self, data: dict[str, Any] | None, run_id: str | None, event: Event | None) -> tuple[Run[T], bool]:
+        ev = self._event(data, event)
+        if run_id is None:
+            run_id = self.run_id_for(ev)
+        elif not isinstance(run_id, str) or not run_id:
+            msg = f"function {self.id!r}: run_id must be a non-empty str, got {run_id!r}"
+            raise ValueError(msg)
+        return self.client._claim_run(self, run_id, ev)
+
+    # -- executing ---------------------------------------------------------------------------
+
+    def _open(self, run: Run[T]) -> tuple[Execution, Context | ContextSync]:
+        ex = Execution(self.client, self, run)
+        try:
+            ex.begin()
+        except BaseException as exc:
+            _store.retire_owner(ex.owner)
+            self.client._release_run(run, NO_OUTPUT, exc)
+            raise
+        return ex, make_context(ex, self.is_async)
+
+    def _close(self, ex: Execution, output: Any, exc: BaseException | None) -> T:
+        try:
+            result = ex.end(output, exc)
+        except BaseException as err:
+            self.client._release_run(ex.run, NO_OUTPUT, err)
+            if ex.run.status is RunStatus.FAILED:
+                self.client._after_failure(self, ex.run)
+            raise
+        self.client._release_run(ex.run, result, None)
+        return result  # type: ignore[no-any-return]
+
+    def _execute_sync(self, run: Run[T]) -> T:
+        ex, ctx = self._open(run)
+        try:
+            output = self.handler(ctx)
+        except BaseException as exc:  # noqa: BLE001 - the engine decides what each means
+            return self._close(ex, NO_OUTPUT, exc)
+        return self._close(ex, output, None)
+
+    async def _execute_async(self, run: Run[T]) -> T:
+        ex, ctx = self._open(run)
+        try:
+            output = await self.handler(ctx)
+        except BaseException as exc:  # noqa: BLE001 - the engine decides what each means
+            return self._close(ex, NO_OUTPUT, exc)
+        return self._close(ex, output, None)
+
+    def run(self, data: dict[str, Any] | None = None, *, run_id: str | None = None, event: Event | None = None) -> T:
+        """Execute the run to the end and return its output (blocking, also in Jupyter).
+
+        Completed steps replay from the store; failed or missing ones execute. In a
+        notebook the live run view is shown.
+
+        Args:
+            data: the event data (``ctx.event.data``); same data means same run.
+            run_id: an explicit run id instead of one derived from the data.
+            event: a full ``Event`` instead of ``data``.
+
+        Raises:
+            RunFailedError: the run failed; ``__cause__`` is the exception that failed it.
+            RunLockedError: another live process executes this run.
+
+        Example:
+            >>> fn.run({"user_id": 1})  # doctest: +SKIP
+        """
+        run, attached = self._claim(data, run_id, event)
+        self.client._show(run)
+        if attached:
+            return run.wait()
+        if self.is_async:
+            return run_blocking(self._execute_async(run))
+        return self._execute_sync(run)
+
+    async def run_async(
+        self, data: dict[str, Any] | None = None, *, run_id: str | None = None, event: Event | None = None
+    ) -> T:
+        """Execute the run to the end and return its output, awaiting it.
+
+        Example:
+            >>> await fn.run_async({"user_id": 1})  # doctest: +SKIP
+        """
+        run, attached = self._claim(data, run_id, event)
+        self.client._show(run)
+        if attached:
+            return await run
+        if self.is_async:
+            return await self._execute_async(run)
+        return await asyncio.to_thread(self._execute_sync, run)
+
+    def start(
+        self, data: dict[str, Any] | None = None, *, run_id: str | None = None, event: Event | None = None
+    ) -> Run[T]:
+        """Start the run in the background and return its ``Run`` at once.
+
+        An async function runs as a task on the running loop (the kernel's, in Jupyter),
+        else in a thread; a sync function runs in a worker thread.
+
+        Example:
+            >>> run = fn.start({"user_id": 1}); run.wait()  # doctest: +SKIP
+        """
+        run, attached = self._claim(data, run_id, event)
+        if attached:
+            return run
+        if self.is_async:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                run._task = loop.create_task(_quietly(self._execute_async(run)))
+                return run
+            target: Callable[[], Any] = lambda: asyncio.run(_quietly(self._execute_async(run)))  # noqa: E731
+        else:
+            target = lambda: _quietly_sync(self._execute_sync, run)  # noqa: E731
+        threading.Thread(target=target, name=f"nbdurable-{self.id}-{run.id}", daemon=True).start()
+        return run
+
+    # -- managing runs -----------------------------------------------------------------------
+
+    def runs(self, status: RunStatus | str | None = None) -> list[Run[T]]:
+        """This function's runs in the store (newest first)."""
+        return self.client.runs(self.id, status=status)
+
+    def clear(self, run_id: str | None = None) -> int:
+        """Delete a run (or every run of this function) and its stored steps; returns runs deleted."""
+        return self.client._clear(self.id, run_id)
+
+    def invalidate(self, run_id: str, from_step: str | None = None) -> list[str]:
+        """Forget stored steps of a run so they execute again on the next run.
+
+        Args:
+            run_id: the run.
+            from_step: forget this step and every step after it (in the latest execution's
+                order); all steps when omitted.
+
+        Returns:
+            The keys of the steps forgotten.
+        """
+        return self.client._invalidate(self.id, run_id, from_step)
+
+
+async def _quietly(coro: Coroutine[Any, Any, Any]) -> None:
+    """Run a background execution; its outcome is kept in its ``Run``, not re-raised here."""
+    with contextlib.suppress(BaseException):  # already recorded in the Run
+        await coro
+
+
+def _quietly_sync(fn: Callable[[Run[Any]], Any], run: Run[Any]) -> None:
+    with contextlib.suppress(BaseException):  # already recorded in the Run
+        fn(run)

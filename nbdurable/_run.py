@@ -1,0 +1,189 @@
+"""``Run``: the handle of one run, live while it executes, loaded from the store after."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from nbdurable._types import ErrorInfo, RunStatus, StepInfo, StepStatus
+
+if TYPE_CHECKING:
+    from nbdurable._events import Event
+
+T = TypeVar("T")
+
+Listener = Callable[[str, "Run[Any]", "StepInfo | None"], None]
+"""Called with (what happened, the run, the step concerned or None) on every state change."""
+
+
+class _NoOutput:
+    def __repr__(self) -> str:
+        return "NO_OUTPUT"
+
+
+NO_OUTPUT: Any = _NoOutput()
+
+
+class Run(Generic[T]):
+    """One run of a durable function.
+
+    Attributes:
+        id: the run id.
+        function_id: the function's id.
+        status: a :class:`RunStatus`.
+        steps: a :class:`StepInfo` per step of the latest execution.
+        error: the error that failed the run, as data (``None`` otherwise).
+        event: the triggering event.
+
+    Example:
+        >>> run = fn.start({"x": 1})  # doctest: +SKIP
+        >>> run.wait()  # doctest: +SKIP
+    """
+
+    def __init__(self, function_id: str, run_id: str, event: Event, *, app: str = "") -> None:
+        self.id = run_id
+        self.function_id = function_id
+        self.app = app
+        self.event = event
+        self.status = RunStatus.QUEUED
+        self.steps: list[StepInfo] = []
+        self.error: ErrorInfo | None = None
+        self.failed_step: str | None = None
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.executions = 0
+        self.note = ""
+        self._output: Any = NO_OUTPUT
+        self._exception: BaseException | None = None
+        self._done = threading.Event()
+        self._done.set()
+        self._task: asyncio.Future[Any] | None = None
+        self._listeners: list[Listener] = []
+        self._cancel_reason: str | None = None
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def output(self) -> T | None:
+        """The run's output once it completed (``None`` before)."""
+        return None if self._output is NO_OUTPUT else self._output
+
+    @property
+    def done(self) -> bool:
+        """True when no execution of this run is in flight in this process."""
+        return self._done.is_set()
+
+    @property
+    def elapsed(self) -> float | None:
+        """Seconds from the start of the latest execution to its end (or to now)."""
+        if self.started_at is None:
+            return None
+        import time
+
+        return (self.ended_at or time.time()) - self.started_at
+
+    def counts(self) -> dict[str, int]:
+        """How many steps are in each view status."""
+        out: dict[str, int] = {}
+        for step in self.steps:
+            out[step.status.value] = out.get(step.status.value, 0) + 1
+        return out
+
+    def executed_steps(self) -> list[StepInfo]:
+        """Steps whose handler ran in the latest execution."""
+        return [s for s in self.steps if s.status is not StepStatus.REPLAYED]
+
+    # -- listeners ---------------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(kind, run, step)`` on every state change of this run."""
+        if listener not in self._listeners:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling ``listener``."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def emit(self, kind: str, step: StepInfo | None = None) -> None:
+        """Tell the listeners; a failing listener never breaks the run."""
+        for listener in tuple(self._listeners):
+            try:
+                listener(kind, self, step)
+            except Exception as exc:  # noqa: BLE001 - a view must never fail a run
+                import warnings
+
+                warnings.warn(
+                    f"nbdurable: a run listener failed and was removed: {exc!r}", RuntimeWarning, stacklevel=2
+                )
+                self.remove_listener(listener)
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        self._done.clear()
+        self._output = NO_OUTPUT
+        self._exception = None
+
+    def _finish(self, output: Any = NO_OUTPUT, exception: BaseException | None = None) -> None:
+        self._output = output
+        self._exception = exception
+        self._done.set()
+
+    def _result(self) -> T:
+        if self._exception is not None:
+            raise self._exception
+        return self._output  # type: ignore[no-any-return]
+
+    def wait(self, timeout: float | None = None) -> T:
+        """Block until the run's execution in this process ends; return its output.
+
+        Raises the run's error (``RunFailedError``, ``RunCancelledError``...) if it had one.
+        Inside a running event loop whose task executes the run, the loop keeps turning.
+        """
+        task = self._task
+        if task is not None and not task.done():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None and task.get_loop() is loop:
+                from nbdurable._function import run_blocking
+
+                async def _wait() -> None:
+                    await asyncio.wait_for(asyncio.shield(task), timeout)
+
+                run_blocking(_wait())
+                return self._result()
+        if not self._done.wait(timeout):
+            msg = f"run {self.id!r} did not finish within {timeout} s (status {self.status.value})"
+            raise TimeoutError(msg)
+        return self._result()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._await().__await__()
+
+    async def _await(self) -> T:
+        task = self._task
+        if task is not None and not task.done():
+            await asyncio.shield(task)
+        else:
+            await asyncio.to_thread(self._done.wait)
+        return self._result()
+
+    def cancel(self, reason: str = "cancelled by Run.cancel()") -> None:
+        """Stop the run between steps; its status becomes CANCELLED."""
+        self._cancel_reason = reason
+
+    # -- display -----------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """A text summary: a header line and a line per step."""
+        from nbdurable._text import run_summary
+
+        return run_summary(self)
+
+    def __repr__(self) -> str:
+        return f"<Run {self.function_id}/{self.id} {self.status.value} steps={len(self.steps)}>"

@@ -1,0 +1,190 @@
+"""Turning step outputs into bytes and back: strict JSON, pydantic for rich types, pickle."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import json
+import pickle
+import typing
+from typing import Any, Protocol
+
+from nbdurable.errors import OutputUnserializableError
+
+SERIALIZERS = ("json", "pickle")
+
+_JSON_NATIVE: frozenset[Any] = frozenset(
+    {None, type(None), int, float, str, bool, dict, list, Any, object}
+    | {"None", "int", "float", "str", "bool", "dict", "list", "Any", "object", "typing.Any"}
+)
+_FIX = (
+    "Fix: return JSON data (dict, list, str, int, float, bool, None); or annotate the handler's "
+    "return type (e.g. `-> MyModel`, `-> datetime`) or pass `output_type=`; or use "
+    '`serializer="pickle"` on the client or function.'
+)
+
+
+class Codec(Protocol):
+    """Bytes in, value out, for one serializer and output type."""
+
+    name: str
+
+    def dumps(self, value: Any, step_key: str) -> bytes: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+class JsonCodec:
+    """Strict JSON: anything json cannot encode is refused, never silently coerced."""
+
+    name = "json"
+
+    def dumps(self, value: Any, step_key: str) -> bytes:
+        try:
+            return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+        except (TypeError, ValueError, RecursionError) as exc:
+            msg = (
+                f"step {step_key!r} returned {_describe(value)}, which the json serializer cannot store ({exc}). {_FIX}"
+            )
+            raise OutputUnserializableError(msg) from None
+
+    def loads(self, data: bytes) -> Any:
+        return _decode(data.decode())
+
+
+class PydanticCodec:
+    """Rich values (models, dataclasses, datetimes...) stored as JSON and rebuilt via pydantic."""
+
+    name = "json"
+
+    def __init__(self, tp: Any) -> None:
+        import pydantic
+
+        self.tp = tp
+        self.adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(tp)
+
+    def dumps(self, value: Any, step_key: str) -> bytes:
+        try:
+            return self.adapter.dump_json(value, warnings="error")
+        except Exception as exc:  # noqa: BLE001 - pydantic raises several types here
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            msg = (
+                f"step {step_key!r} returned {_describe(value)}, which does not match its output type "
+                f"{_type_name(self.tp)} ({first}). Fix: return a {_type_name(self.tp)}, or correct the "
+                "handler's return annotation / `output_type=`."
+            )
+            raise OutputUnserializableError(msg) from None
+
+    def loads(self, data: bytes) -> Any:
+        return self.adapter.validate_json(data)
+
+
+class PickleCodec:
+    """Arbitrary Python objects; chosen explicitly with ``serializer="pickle"``."""
+
+    name = "pickle"
+
+    def dumps(self, value: Any, step_key: str) -> bytes:
+        try:
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - pickling raises many types
+            msg = (
+                f"step {step_key!r} returned {_describe(value)}, which pickle cannot store ({exc}). "
+                "Fix: return plain data, or an object that pickles (no open files, locks or lambdas)."
+            )
+            raise OutputUnserializableError(msg) from None
+
+    def loads(self, data: bytes) -> Any:
+        return pickle.loads(data)  # noqa: S301 - the user chose pickle for their own store
+
+
+_decode = json.JSONDecoder().decode
+JSON = JsonCodec()
+PICKLE = PickleCodec()
+
+
+def check_serializer(serializer: str) -> str:
+    """Validate a serializer name."""
+    if serializer not in SERIALIZERS:
+        msg = f"serializer={serializer!r} is not one of {SERIALIZERS}"
+        raise ValueError(msg)
+    return serializer
+
+
+@functools.lru_cache(maxsize=512)
+def _pydantic_codec(tp: Any) -> PydanticCodec:
+    return PydanticCodec(tp)
+
+
+def codec_for(serializer: str, output_type: Any) -> Codec:
+    """The codec for a serializer and an output type (``NO_TYPE`` when there is none)."""
+    if serializer == "pickle":
+        return PICKLE
+    if output_type is NO_TYPE or output_type in _JSON_NATIVE:
+        return JSON
+    try:
+        return _pydantic_codec(output_type)
+    except TypeError:  # unhashable annotation objects
+        return PydanticCodec(output_type)
+
+
+class _NoType:
+    def __repr__(self) -> str:
+        return "NO_TYPE"
+
+
+NO_TYPE: Any = _NoType()
+_annotation_cache: dict[object, Any] = {}
+
+
+def return_annotation(handler: Any) -> Any:
+    """The handler's resolved return annotation, or ``NO_TYPE``; cached per code object."""
+    fn = handler
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    fn = getattr(fn, "__func__", fn)
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        call = getattr(type(fn), "__call__", None)  # noqa: B004 - a callable object
+        code = getattr(call, "__code__", None)
+        fn = call
+        if code is None:
+            return NO_TYPE
+    try:
+        return _annotation_cache[code]
+    except KeyError:
+        pass
+    ann = getattr(fn, "__annotations__", {}).get("return", NO_TYPE)
+    if isinstance(ann, str) and ann not in _JSON_NATIVE:
+        try:
+            ann = typing.get_type_hints(fn).get("return", NO_TYPE)
+        except Exception:  # noqa: BLE001 - unresolvable forward refs: fall back to plain JSON
+            ann = NO_TYPE
+    if isinstance(ann, str):
+        ann = NO_TYPE
+    _annotation_cache[code] = ann
+    return ann
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__qualname__", None) or repr(tp)
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"a {type(value).__module__}.{type(value).__qualname__} ({text})"
+
+
+def json_default_preview(value: Any, limit: int = 80) -> str:
+    """A one-line preview of a value for views."""
+    if isinstance(value, (_dt.datetime, _dt.date)):
+        text = value.isoformat()
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False, default=repr)
+        except Exception:  # noqa: BLE001 - previews never fail
+            text = repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"

@@ -1,0 +1,132 @@
+"""Plain value types shared by the engine, the store and the views."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+from typing import Any
+
+
+class RunStatus(str, enum.Enum):
+    """Where a run is."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SLEEPING = "SLEEPING"
+    WAITING = "WAITING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    INTERRUPTED = "INTERRUPTED"
+
+    @property
+    def active(self) -> bool:
+        """True while an owner is executing the run."""
+        return self in _ACTIVE
+
+    @property
+    def finished(self) -> bool:
+        """True once the run reached an end state (completed, failed or cancelled)."""
+        return self in _FINISHED
+
+
+_ACTIVE = frozenset({RunStatus.RUNNING, RunStatus.SLEEPING, RunStatus.WAITING})
+_FINISHED = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class StepStatus(str, enum.Enum):
+    """Where a step is. ``REPLAYED`` appears in views only: the stored status is COMPLETED."""
+
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    RETRYING = "RETRYING"
+    SLEEPING = "SLEEPING"
+    WAITING = "WAITING"
+    REPLAYED = "REPLAYED"
+
+
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    """Delay between attempts of a failing step: ``initial * factor**(n-1)``, capped, jittered.
+
+    Args:
+        initial: first delay, seconds.
+        factor: growth per attempt.
+        max: cap, seconds.
+        jitter: +/- fraction of randomness.
+
+    Example:
+        >>> Backoff(initial=1.0, factor=2.0, jitter=0).delay(3)
+        4.0
+    """
+
+    initial: float = 1.0
+    factor: float = 2.0
+    max: float = 300.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.initial < 0 or self.factor < 1 or self.max < 0 or not 0 <= self.jitter <= 1:
+            msg = (
+                f"invalid Backoff{dataclasses.astuple(self)}: need initial >= 0, factor >= 1, "
+                "max >= 0 and 0 <= jitter <= 1"
+            )
+            raise ValueError(msg)
+
+    def delay(self, failures: int) -> float:
+        """The delay after the ``failures``-th failed attempt (1-based), in seconds."""
+        base = min(self.max, self.initial * self.factor ** max(0, failures - 1))
+        if self.jitter:
+            base *= 1 + random.uniform(-self.jitter, self.jitter)  # noqa: S311 - not crypto
+        return max(0.0, base)
+
+
+@dataclasses.dataclass
+class ErrorInfo:
+    """An error stored as data: its type name, message and traceback text."""
+
+    name: str
+    message: str
+    stack: str = ""
+
+
+@dataclasses.dataclass(slots=True)
+class StepInfo:
+    """What a view shows of one step.
+
+    Attributes:
+        key: the step's key (``id``, or ``id:n`` for the n-th repeat).
+        step_id: the id given to ``step.run``.
+        kind: ``run``, ``sleep``, ``wait``, ``invoke``, ``send``, ``cell``.
+        status: a :class:`StepStatus`; ``REPLAYED`` when it came from the store.
+        attempts: attempts made in this execution (stored attempts when replayed).
+        max_attempts: the step's budget per execution.
+        duration: seconds the step took (of the original execution when replayed).
+        output: the step's value (``MISSING`` until there is one).
+        stale: its code or arguments changed since it was stored.
+        note: one line for views (e.g. "previous attempt never finished").
+        deadline: wall time a retry, sleep or wait ends at, for countdowns.
+    """
+
+    key: str
+    step_id: str
+    kind: str = "run"
+    status: StepStatus = StepStatus.RUNNING
+    attempts: int = 0
+    max_attempts: int = 1
+    started_at: float | None = None
+    duration: float | None = None
+    output: Any = None
+    has_output: bool = False
+    error: ErrorInfo | None = None
+    stale: bool = False
+    note: str = ""
+    deadline: float | None = None
+    event: str | None = None
+
+    @property
+    def replayed(self) -> bool:
+        """True when the step's value came from the store."""
+        return self.status is StepStatus.REPLAYED
