@@ -75,4 +75,3 @@ __all__ = [
     "default_client",
     "function",
 ]
-

@@ -31,7 +31,7 @@ def _demo() -> int:
     for label in ("first run", "second run (replay)"):
         out = pipeline.run({"n": 10})
         run = client.runs("pipeline")[0]
-        live = client._runs[("pipeline", run.id)]  # noqa: SLF001 - the demo shows the live view
+        live = client._runs[("pipeline", run.id)]
         print(f"--- {label}: output {out}")
         print(live.summary())
     return 0

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal, TypeVar
 
 import diskcache
-from diskcache.core import MODE_RAW
 import pydantic
+from diskcache.core import MODE_RAW
 
 from nbdurable._types import RunStatus
 from nbdurable.errors import StoreError
@@ -327,7 +327,7 @@ class Store:
         # a run reads all its step records at once. Rows are (key, storage mode, inline value).
         sql = "SELECT key, mode, value FROM Cache WHERE key >= ? AND key < ? AND raw = 1 ORDER BY key"
         with self._guard("read"):
-            return list(self.cache._sql(sql, (prefix, prefix + "\U0010ffff")).fetchall())  # noqa: SLF001
+            return list(self.cache._sql(sql, (prefix, prefix + "\U0010ffff")).fetchall())
 
     def keys(self, prefix: str) -> list[str]:
         """Every key that starts with ``prefix``, in key order."""

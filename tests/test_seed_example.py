@@ -26,9 +26,7 @@ def test_reference_example_runs_and_replays(client: inngest.Client, capsys) -> N
     async def fn(ctx: inngest.Context) -> None:
         await ctx.step.run("my_fn", my_fn)
         await ctx.step.run("my_fn_with_args", my_fn_with_args, 1, "a")
-        await ctx.step.run(
-            "my_fn_with_args_and_kwargs", functools.partial(my_fn_with_args_and_kwargs, 1, b="a")
-        )
+        await ctx.step.run("my_fn_with_args_and_kwargs", functools.partial(my_fn_with_args_and_kwargs, 1, b="a"))
 
         def use_scoped_variable() -> None:
             print(ctx.event.data["user_id"])
