@@ -4,8 +4,8 @@ Every ``ctx.step.run`` of a durable function is stored on disk; re-running repla
 completed steps instantly and retries the failed ones, also after a kernel restart.
 
 Example:
-    >>> import nbdurable
-    >>> client = nbdurable.Client(app_id="doc", store="/tmp/nbdurable-doc-init")
+    >>> import nbdurable, tempfile
+    >>> client = nbdurable.Client(app_id="doc", store=tempfile.mkdtemp())
     >>> calls = []
     >>> @client.create_function(fn_id="greet")
     ... def greet(ctx: nbdurable.ContextSync) -> str:

@@ -37,9 +37,10 @@ class Client:
         clock: time source (tests pass a fake one).
 
     Example:
-        >>> client = Client(app_id="notebook", store="/tmp/nbdurable-doc")
+        >>> import tempfile
+        >>> client = Client(app_id="notebook", store=tempfile.mkdtemp())
         >>> @client.create_function(fn_id="double")
-        ... def double(ctx: ContextSync) -> int:
+        ... def double(ctx) -> int:
         ...     return ctx.step.run("double", lambda: ctx.event.data["x"] * 2)
         >>> double.run({"x": 21})
         42

@@ -1,0 +1,151 @@
+"""DESIGN 3.7: one owner at a time per run."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import nbdurable
+from nbdurable import _store
+from tests.test_interruption import _starts, _worker
+
+
+def test_three_processes_never_run_a_step_twice(tmp_path: Path) -> None:
+    """Three processes start the same run at once: each step executes once; callers get the output or LOCKED."""
+    store, logs = tmp_path / "store", tmp_path / "logs"
+    logs.mkdir()
+    procs = [_worker(store, logs, "--step-seconds", "0.2") for _ in range(3)]
+    outs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        outs.append(out.strip())
+    assert [_starts(logs, s) for s in "abcd"] == [1, 1, 1, 1]
+    assert set(outs) <= {"22", "LOCKED"}
+    assert "22" in outs
+
+
+def test_second_process_gets_run_locked_error(tmp_path: Path) -> None:
+    """While a live process owns a run, another one fails fast with RunLockedError naming it."""
+    store, logs = tmp_path / "store", tmp_path / "logs"
+    logs.mkdir()
+    owner = _worker(store, logs, "--hang-in", "b")
+    try:
+        import time
+
+        deadline = time.monotonic() + 30
+        while _starts(logs, "b") == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client = nbdurable.Client("crash", store=store)
+
+        @client.create_function(fn_id="pipeline")
+        def pipeline(ctx: nbdurable.ContextSync) -> None:
+            ctx.step.run("a", lambda: 1)
+
+        with pytest.raises(nbdurable.RunLockedError, match=f"pid {owner.pid}"):
+            pipeline.run({"job": 1})
+        assert client.runs("pipeline")[0].status is nbdurable.RunStatus.RUNNING
+    finally:
+        owner.kill()
+        owner.wait()
+        _store.Store.forget(store)
+
+
+def test_second_run_in_the_same_process_attaches(client: nbdurable.Client) -> None:
+    """A run() of a run already in flight in this process waits for it instead of executing again."""
+    release = threading.Event()
+    entered = threading.Event()
+    count = {"slow": 0}
+
+    def slow() -> str:
+        count["slow"] += 1
+        entered.set()
+        release.wait(10)
+        return "done"
+
+    @client.create_function(fn_id="slow")
+    def fn(ctx: nbdurable.ContextSync) -> Any:
+        return ctx.step.run("slow", slow)
+
+    run = fn.start()
+    assert entered.wait(10)
+    results: list[Any] = []
+    waiter = threading.Thread(target=lambda: results.append(fn.run()))
+    waiter.start()
+    release.set()
+    waiter.join(10)
+    assert run.wait(10) == "done"
+    assert results == ["done"]
+    assert count["slow"] == 1
+
+
+def test_dead_owner_lease_is_taken_over(client: nbdurable.Client) -> None:
+    """A RUNNING record whose owner pid is gone reads INTERRUPTED and the next run takes it over."""
+
+    @client.create_function(fn_id="t")
+    def t(ctx: nbdurable.ContextSync) -> int:
+        return ctx.step.run("a", lambda: 5)
+
+    t.run()
+    key = _store.run_key(client.app_id, "t", client.runs("t")[0].id)
+    rec, payload = client.store.get_run(key)
+    ghost = _store.Owner(host=_store.HOST, pid=2**22 + 7, started=1.0, token="x")
+    client.store.put(key, rec.model_copy(update={"status": nbdurable.RunStatus.RUNNING, "owner": ghost}), payload)
+    assert client.runs("t")[0].status is nbdurable.RunStatus.INTERRUPTED
+    assert t.run() == 5
+    assert client.runs("t")[0].status is nbdurable.RunStatus.COMPLETED
+
+
+def test_resumed_step_says_its_previous_attempt_never_finished(client: nbdurable.Client) -> None:
+    """The step recorded in flight by a dead owner executes again, marked as such in the view."""
+    count = {"a": 0}
+
+    @client.create_function(fn_id="t")
+    def t(ctx: nbdurable.ContextSync) -> int:
+        return ctx.step.run("a", lambda: count.__setitem__("a", count["a"] + 1) or 5)
+
+    run_id = t.run_id_for(t._event(None, None))
+    key = _store.run_key(client.app_id, "t", run_id)
+    now = client.clock.now()
+    ghost = _store.Owner(host=_store.HOST, pid=2**22 + 7, started=1.0, token="x")
+    event = _store.EventRecord(name="run/t", data={}, id="e", ts=1)
+    rec = _store.RunRecord(
+        app=client.app_id,
+        function_id="t",
+        run_id=run_id,
+        status=nbdurable.RunStatus.RUNNING,
+        event=event,
+        created_at=now,
+        updated_at=now,
+        owner=ghost,
+        current_step="a",
+        current_since=now,
+    )
+    client.store.put(key, rec)
+    assert "'a' was in flight" in client.runs("t")[0].note
+    run = t.start()
+    assert run.wait(10) == 5
+    assert count["a"] == 1
+    assert run.steps[0].note == "previous attempt never finished"
+
+
+def test_live_foreign_owner_is_respected(client: nbdurable.Client) -> None:
+    """A lease held by a live process (here: pid 1 with its real start time) is never taken over."""
+
+    @client.create_function(fn_id="t")
+    def t(ctx: nbdurable.ContextSync) -> int:
+        return ctx.step.run("a", lambda: 5)
+
+    t.run()
+    key = _store.run_key(client.app_id, "t", client.runs("t")[0].id)
+    rec, payload = client.store.get_run(key)
+    started = _store._process_start(1)
+    assert started is not None
+    live = _store.Owner(host=_store.HOST, pid=1, started=started, token="x")
+    client.store.put(key, rec.model_copy(update={"status": nbdurable.RunStatus.RUNNING, "owner": live}), payload)
+    assert client.runs("t")[0].status is nbdurable.RunStatus.RUNNING
+    with pytest.raises(nbdurable.RunLockedError):
+        t.run()

@@ -1,0 +1,132 @@
+"""DESIGN section 4: the store never evicts, never crashes on bad records, and explains itself."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import diskcache
+import pytest
+
+import nbdurable
+from nbdurable import _store
+from nbdurable.testing import temporary_client
+
+
+def _define(client: nbdurable.Client, calls: list[str]) -> nbdurable.Function[int]:
+    @client.create_function(fn_id="s")
+    def s(ctx: nbdurable.ContextSync) -> int:
+        a = ctx.step.run("a", lambda: calls.append("a") or 1)
+        return ctx.step.run("b", lambda: calls.append("b") or a + 1)
+
+    return s
+
+
+def test_eviction_is_off(client: nbdurable.Client) -> None:
+    """diskcache's default culling above 1 GB is turned off for the store."""
+    assert client.store.cache.eviction_policy == "none"
+    assert client.store.cache.cull_limit == 0
+
+
+def test_corrupt_step_record_executes_again_with_a_warning(client: nbdurable.Client) -> None:
+    """Garbage under a step key is treated as absent: the step re-executes, the run completes."""
+    calls: list[str] = []
+    fn = _define(client, calls)
+    assert fn.run() == 2
+    prefix = _store.step_prefix(client.app_id, "s", client.runs("s")[0].id)
+    client.store.cache.set(prefix + "a", b"\x00garbage")
+    with pytest.warns(RuntimeWarning, match="cannot be read"):
+        assert fn.run() == 2
+    assert calls == ["a", "b", "a"]
+
+
+def test_corrupt_run_record_never_loses_steps(client: nbdurable.Client) -> None:
+    """A corrupt run record is rewritten; the stored steps still replay."""
+    calls: list[str] = []
+    fn = _define(client, calls)
+    fn.run()
+    run_id = client.runs("s")[0].id
+    client.store.cache.set(_store.run_key(client.app_id, "s", run_id), "not even bytes")
+    with pytest.warns(RuntimeWarning, match="cannot be read"):
+        assert fn.run() == 2
+    assert calls == ["a", "b"]
+
+
+def test_unreadable_output_executes_again(client: nbdurable.Client) -> None:
+    """A step record whose payload does not decode re-executes with a warning."""
+    calls: list[str] = []
+    fn = _define(client, calls)
+    fn.run()
+    key = _store.step_prefix(client.app_id, "s", client.runs("s")[0].id) + "b"
+    rec, _ = client.store.get_step(key)
+    client.store.put(key, rec, b"{not json")
+    with pytest.warns(RuntimeWarning, match="cannot be rebuilt"):
+        assert fn.run() == 2
+    assert calls == ["a", "b", "b"]
+
+
+def test_future_schema_version_is_a_store_error(client: nbdurable.Client) -> None:
+    """A record from a newer nbdurable is not overwritten: StoreError says to upgrade."""
+    calls: list[str] = []
+    fn = _define(client, calls)
+    fn.run()
+    key = _store.step_prefix(client.app_id, "s", client.runs("s")[0].id) + "a"
+    raw = client.store.cache.get(key)
+    header, payload = raw.split(b"\n", 1)
+    future = header.replace(b'"v":1', b'"v":99,"newfield":1') + b"\n" + payload
+    client.store.cache.set(key, future)
+    with pytest.raises(nbdurable.RunFailedError) as info:
+        fn.run()
+    assert isinstance(info.value.__cause__, nbdurable.StoreError)
+    assert "upgrade nbdurable" in str(info.value.__cause__)
+    assert client.store.cache.get(key) == future
+
+
+def test_store_path_that_is_a_file(tmp_path: Path) -> None:
+    """A store path naming a file is a StoreError naming the path and the fix."""
+    target = tmp_path / "afile"
+    target.write_text("x")
+    client = nbdurable.Client("x", store=target)
+    with pytest.raises(nbdurable.StoreError, match=r"afile.*Fix"):
+        _ = client.store
+
+
+def test_unwritable_store_path(tmp_path: Path) -> None:
+    """A store under a path that cannot be created is a StoreError naming it."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    client = nbdurable.Client("x", store=blocker / "inside")
+    with pytest.raises(nbdurable.StoreError, match="inside"):
+        _ = client.store
+
+
+def test_write_failure_keeps_earlier_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while storing a step fails with StoreError; earlier steps still replay."""
+    calls: list[str] = []
+    with temporary_client(tmp_path / "s") as client:
+        fn = _define(client, calls)
+        fn.run()
+        fn.invalidate(client.runs("s")[0].id, from_step="b")
+        real_set = diskcache.Cache.set
+
+        def full(self: diskcache.Cache, key: str, value: bytes, *args: object, **kwargs: object) -> bool:
+            if key.endswith("\x1fb"):
+                import sqlite3
+
+                raise sqlite3.OperationalError("database or disk is full")
+            return real_set(self, key, value, *args, **kwargs)
+
+        monkeypatch.setattr(diskcache.Cache, "set", full)
+        with pytest.raises(nbdurable.RunFailedError) as info:
+            fn.run()
+        assert isinstance(info.value.__cause__, nbdurable.StoreError)
+        assert "free disk space" in str(info.value.__cause__)
+        monkeypatch.setattr(diskcache.Cache, "set", real_set)
+        assert fn.run() == 2
+        assert calls == ["a", "b", "b", "b"]
+
+
+def test_store_env_variable_sets_the_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NBDURABLE_STORE overrides ./.nbdurable."""
+    monkeypatch.setenv("NBDURABLE_STORE", os.fspath(tmp_path / "env-store"))
+    assert nbdurable.Client("x").store_path == os.fspath(tmp_path / "env-store")
