@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 from nbdurable._client import Client, default_client, function
 from nbdurable._events import Cancel, Concurrency, Event, TriggerCron, TriggerEvent
 from nbdurable._function import Function
@@ -40,6 +42,37 @@ Inngest = Client
 """The same class as :class:`Client`, so ``import nbdurable as inngest`` reads like the Inngest SDK."""
 
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbdurable``: the magics, the live run view, and a note of interrupted runs.
+
+    IPython is imported only here, when the extension loads, never by ``import nbdurable``.
+
+    Args:
+        ipython: the IPython shell.
+
+    Example:
+        >>> %load_ext nbdurable  # doctest: +SKIP
+    """
+    from nbdurable._magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext nbdurable``: remove exactly what loading added.
+
+    Args:
+        ipython: the IPython shell.
+
+    Example:
+        >>> %unload_ext nbdurable  # doctest: +SKIP
+    """
+    from nbdurable._magics import unload_ipython_extension as unload
+
+    unload(ipython)
+
 
 __all__ = [
     "Backoff",
@@ -74,4 +107,6 @@ __all__ = [
     "TriggerEvent",
     "default_client",
     "function",
+    "load_ipython_extension",
+    "unload_ipython_extension",
 ]

@@ -3,37 +3,98 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import sys
 import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+KERNEL_NAME = "nbdurable"
+STEP_TABLE_TAG = "step-table"
+
+
+def _quickstart() -> Path:
+    """The quickstart notebook: in the source tree (``make demo`` runs from a clone)."""
+    here = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
+    if not here.exists():
+        msg = f"{here} not found: the demo runs from a clone of the nbdurable repository"
+        raise SystemExit(msg)
+    return here
+
+
+def _execute(path: Path, store: str, label: str) -> list[str]:
+    """Execute a notebook in a new kernel (headless); return the text of its step-table cells."""
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]
+    env_before = os.environ.get("NBDURABLE_STORE")
+    os.environ["NBDURABLE_STORE"] = store  # the kernel inherits it
+    started = time.perf_counter()
+    try:
+        nbclient.NotebookClient(
+            nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        ).execute()
+    finally:
+        if env_before is None:
+            os.environ.pop("NBDURABLE_STORE", None)
+        else:
+            os.environ["NBDURABLE_STORE"] = env_before
+    took = time.perf_counter() - started
+    texts = []
+    widgets = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            widgets += "application/vnd.jupyter.widget-view+json" in data
+            if STEP_TABLE_TAG in cell.get("metadata", {}).get("tags", []):
+                texts.append(out.get("text", "") or data.get("text/plain", ""))
+    print(f"--- {label}: executed {path.name} in a new kernel in {took:.1f}s ({widgets} run views rendered)")
+    return texts
 
 
 def _demo() -> int:
-    import nbdurable
-
     store = tempfile.mkdtemp(prefix="nbdurable-demo-")
-    client = nbdurable.Client("demo", store=store, backoff=nbdurable.Backoff(initial=0.05, jitter=0))
-    attempts = {"flaky": 0}
+    nb = _quickstart()
+    print(f"store shared by both passes: {store}\n")
+    try:
+        for label in ("pass 1: first kernel", "pass 2: a new kernel, same store"):
+            for text in _execute(nb, store, label):
+                print(text.rstrip())
+            print()
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+    print("Pass 2 called no step handler: every step was replayed from the store (\u21bb REPLAYED).")
+    return 0
 
-    @client.create_function(fn_id="pipeline", retries=3)
-    def pipeline(ctx: nbdurable.ContextSync) -> int:
-        rows = ctx.step.run("extract", lambda: list(range(ctx.event.data["n"])))
 
-        def flaky() -> int:
-            attempts["flaky"] += 1
-            if attempts["flaky"] < 3:
-                msg = "the API timed out"
-                raise ConnectionError(msg)
-            return sum(rows)
+def kernel_spec() -> dict[str, Any]:
+    """The kernel.json of an IPython kernel that loads the nbdurable extension at start."""
+    return {
+        "argv": [
+            sys.executable,
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "{connection_file}",
+            "--IPKernelApp.extra_extensions=nbdurable",
+        ],
+        "display_name": "Python 3 (nbdurable)",
+        "language": "python",
+        "metadata": {"debugger": True},
+    }
 
-        total = ctx.step.run("call-api", flaky)
-        return ctx.step.run("load", lambda: total * 2)
 
-    for label in ("first run", "second run (replay)"):
-        out = pipeline.run({"n": 10})
-        run = client.runs("pipeline")[0]
-        live = client._runs[("pipeline", run.id)]
-        print(f"--- {label}: output {out}")
-        print(live.summary())
+def _kernel_install(user: bool, prefix: str | None, name: str) -> int:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "kernel.json").write_text(json.dumps(kernel_spec(), indent=1))
+        where = KernelSpecManager().install_kernel_spec(tmp, name, user=user, prefix=prefix)
+    print(f"installed kernelspec {name!r} in {where}: pick 'Python 3 (nbdurable)' in Jupyter")
     return 0
 
 
@@ -41,10 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m nbdurable`` and the ``nbdurable`` command."""
     parser = argparse.ArgumentParser(prog="nbdurable", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="run a flaky pipeline twice and show the replay")
+    sub.add_parser("demo", help="execute notebooks/quickstart.ipynb in two kernels and show the replay")
+    kernel = sub.add_parser("kernel", help="manage the kernelspec that loads the extension")
+    ksub = kernel.add_subparsers(dest="action", required=True)
+    install = ksub.add_parser("install", help="install an IPython kernelspec with nbdurable loaded")
+    install.add_argument("--user", action="store_true", help="install for the current user")
+    install.add_argument("--prefix", help="install under this prefix (e.g. sys.prefix of a venv)")
+    install.add_argument("--name", default=KERNEL_NAME, help="the kernelspec name (default: nbdurable)")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo()
+    if args.command == "kernel" and args.action == "install":
+        return _kernel_install(args.user, args.prefix, args.name)
     return 2
 
 

@@ -149,6 +149,7 @@ class Client:
                 return run, True
             if run is None:
                 run = self._runs[(fn.id, run_id)] = Run(fn.id, run_id, event, app=self.app_id)
+                run.client = self
             else:
                 run.event = event
             run._cancel_reason = None
@@ -159,7 +160,12 @@ class Client:
         run._finish(output, exc)
 
     def _show(self, run: Run[Any]) -> None:
-        for hook in tuple(run_hooks):
+        hooks = tuple(run_hooks)
+        if not hooks:  # no extension loaded: the default view (text outside a notebook)
+            from nbdurable._text import show_run
+
+            show_run(run)
+        for hook in hooks:
             hook(run)
 
     def _after_failure(self, fn: Function[Any], run: Run[Any]) -> None:
@@ -173,6 +179,7 @@ class Client:
             return live
         ev = rec.event
         run: Run[Any] = Run(rec.function_id, rec.run_id, Event(ev.name, ev.data, ev.id, ev.ts), app=self.app_id)
+        run.client = self
         run.status = _store.effective_status(rec, self.clock.now())
         run.started_at = rec.started_at
         run.ended_at = rec.ended_at

@@ -62,6 +62,8 @@ class Run(Generic[T]):
         self._task: asyncio.Future[Any] | None = None
         self._listeners: list[Listener] = []
         self._cancel_reason: str | None = None
+        self.client: Any = None
+        """The ``Client`` the run belongs to (set by the client; the view's "send" button uses it)."""
 
     # -- state -------------------------------------------------------------------------------
 
@@ -184,6 +186,21 @@ class Run(Generic[T]):
         from nbdurable._text import run_summary
 
         return run_summary(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """The run view in a notebook front end (a widget), its text summary elsewhere."""
+        from nbdurable._text import in_widget_frontend
+
+        text = self.summary()
+        if not in_widget_frontend():
+            return {"text/plain": text}
+        from nbdurable._view import RunView
+
+        view = RunView(self)
+        if self.done:
+            view.close()
+        bundle: dict[str, Any] = view.widget._repr_mimebundle_(include=include, exclude=exclude) or {}
+        return {**bundle, "text/plain": text}
 
     def __repr__(self) -> str:
         return f"<Run {self.function_id}/{self.id} {self.status.value} steps={len(self.steps)}>"

@@ -1,0 +1,288 @@
+"""The live run view: stock ipywidgets only, so it renders in JupyterLab, Notebook 7 and VS Code.
+
+The only module that imports ipywidgets; the runtime imports it lazily, and only where a
+widget front end is present. The view is a listener of its ``Run``: the engine publishes
+state changes, the view redraws at most every ``min_interval`` seconds and always draws
+the final state. A failed run's red bar is never overwritten (tqdm.notebook's guard).
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from typing import Any
+
+import ipywidgets as widgets
+
+from nbdurable._clock import SYSTEM_CLOCK, Clock
+from nbdurable._run import Run
+from nbdurable._text import ICONS, attempt_number, seconds, step_detail
+from nbdurable._types import RunStatus, StepInfo, StepStatus
+
+COLORS = {
+    StepStatus.RUNNING: "#1f6feb",
+    StepStatus.COMPLETED: "#1a7f37",
+    StepStatus.REPLAYED: "#8c959f",
+    StepStatus.FAILED: "#cf222e",
+    StepStatus.RETRYING: "#bc4c00",
+    StepStatus.SLEEPING: "#8250df",
+    StepStatus.WAITING: "#8250df",
+}
+BAR_STYLES = {
+    RunStatus.QUEUED: "",
+    RunStatus.RUNNING: "info",
+    RunStatus.SLEEPING: "info",
+    RunStatus.WAITING: "info",
+    RunStatus.COMPLETED: "success",
+    RunStatus.FAILED: "danger",
+    RunStatus.CANCELLED: "warning",
+    RunStatus.INTERRUPTED: "warning",
+}
+_COUNTDOWN = {StepStatus.RETRYING: "retry in", StepStatus.SLEEPING: "wakes in", StepStatus.WAITING: "times out in"}
+_DONE = (StepStatus.COMPLETED, StepStatus.REPLAYED)
+
+
+def countdown(step: StepInfo, now: float) -> str:
+    """``retry in 2.0s`` while a step waits to retry (or sleeps, or waits for an event)."""
+    label = _COUNTDOWN.get(step.status)
+    if label is None or step.deadline is None:
+        return ""
+    return f"{label} {seconds(max(0.0, step.deadline - now))}"
+
+
+def step_text(step: StepInfo, now: float) -> str:
+    """The text equivalent of a step's row (what the widget row shows)."""
+    status = "replayed" if step.replayed else step.status.value.lower()
+    parts = [f"{ICONS.get(step.status, '?')} {step.key}", status, f"{attempt_number(step)}/{step.max_attempts}"]
+    parts.append(seconds(step.duration) if step.status is not StepStatus.RUNNING else "...")
+    if step.stale:
+        parts.append("\u26a0 stale")
+    wait = countdown(step, now)
+    if wait:
+        parts.append(wait)
+    if step.note:
+        parts.append(f"({step.note})")
+    detail = step_detail(step)
+    if detail:
+        parts.append(detail)
+    return "  ".join(parts)
+
+
+class RunView:
+    """A live view of one run: header, progress bar, and a row per step.
+
+    Constructing it attaches it to the run as a listener; ``close()`` detaches it.
+
+    Args:
+        run: the run to show.
+        clock: time source for elapsed times, countdowns and throttling (tests inject one;
+            with an injected clock no background redraw thread is started: call ``flush()``).
+        min_interval: the least time between two redraws, seconds (about 10 per second).
+
+    Example:
+        >>> view = RunView(run)  # doctest: +SKIP
+        >>> view.widget  # doctest: +SKIP
+    """
+
+    def __init__(self, run: Run[Any], *, clock: Clock | None = None, min_interval: float = 0.1) -> None:
+        self.run = run
+        self.clock = clock or SYSTEM_CLOCK
+        self.min_interval = min_interval
+        self.draws = 0
+        self.closed = False
+        self._auto = clock is None
+        self._dirty = True
+        self._failed = False
+        self._last_draw: float | None = None
+        self._lock = threading.RLock()
+        self._ticker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.header = widgets.HTML()
+        self.bar = widgets.IntProgress(min=0, max=1, value=0, bar_style="", layout=widgets.Layout(width="40%"))
+        self.bar_label = widgets.HTML()
+        self.rows_box = widgets.VBox()
+        self._rows: dict[str, tuple[widgets.HTML, widgets.Button | None, widgets.HBox]] = {}
+        self._widget = widgets.VBox([self.header, widgets.HBox([self.bar, self.bar_label]), self.rows_box])
+        run.add_listener(self._on_event)
+        self.redraw()
+
+    @property
+    def widget(self) -> widgets.VBox:
+        """The ipywidgets container to display."""
+        return self._widget
+
+    # -- listening ---------------------------------------------------------------------------
+
+    def _on_event(self, kind: str, _run: Run[Any], _step: StepInfo | None) -> None:
+        self._dirty = True
+        if kind == "run_finished":
+            self.redraw()
+            return
+        now = self.clock.monotonic()
+        if self._last_draw is None or now - self._last_draw >= self.min_interval:
+            self.redraw()
+        if self._auto:
+            self._start_ticker()
+
+    def flush(self) -> None:
+        """Draw pending changes now if the last draw is at least ``min_interval`` old.
+
+        Countdowns and the elapsed time move on their own, so an active run is always redrawn.
+        """
+        now = self.clock.monotonic()
+        active = self.run.status.active or any(s.deadline is not None for s in self.run.steps)
+        if (self._dirty or active) and (self._last_draw is None or now - self._last_draw >= self.min_interval):
+            self.redraw()
+
+    def _start_ticker(self) -> None:
+        if self._ticker is not None or self.closed:
+            return
+
+        def tick() -> None:
+            while not self._stop.wait(max(self.min_interval, 0.05) * 2):
+                if self.run.done and not self._dirty:
+                    break
+                self.flush()
+
+        self._ticker = threading.Thread(target=tick, name=f"nbdurable-view-{self.run.id}", daemon=True)
+        self._ticker.start()
+
+    def close(self) -> None:
+        """Detach from the run (the widget keeps its last drawing)."""
+        self.closed = True
+        self._stop.set()
+        self.run.remove_listener(self._on_event)
+
+    # -- drawing -----------------------------------------------------------------------------
+
+    def redraw(self) -> None:
+        """Draw the run's current state into the widgets."""
+        with self._lock:
+            self._dirty = False
+            self._last_draw = self.clock.monotonic()
+            self.draws += 1
+            run = self.run
+            now = self.clock.now()
+            steps = list(run.steps)
+            self.header.value = self._header_html(run, now)
+            done = sum(1 for s in steps if s.status in _DONE)
+            total = max(len(steps), 1)
+            if run.status is RunStatus.COMPLETED:
+                done = total
+            self.bar.max = total
+            self.bar.value = min(done, total)
+            style = BAR_STYLES.get(run.status, "")
+            if not self._failed:  # once red, always red
+                self.bar.bar_style = style
+                self._failed = style == "danger"
+            self.bar_label.value = f"&nbsp;{done}/{len(steps)} steps"
+            changed = False
+            for step in steps:
+                row = self._rows.get(step.key)
+                if row is None:
+                    row = self._new_row()
+                    self._rows[step.key] = row
+                    changed = True
+                label, button, box = row
+                label.value = self._row_html(step, now)
+                wants_button = step.status is StepStatus.WAITING and step.event is not None
+                if wants_button and button is None:
+                    button = self._send_button(step)
+                    self._rows[step.key] = (label, button, box)
+                    box.children = (label, button)
+                elif not wants_button and button is not None:
+                    self._rows[step.key] = (label, None, box)
+                    box.children = (label,)
+            keys = [s.key for s in steps]
+            if changed or len(self.rows_box.children) != len(keys):
+                self.rows_box.children = tuple(self._rows[k][2] for k in keys)
+
+    def _new_row(self) -> tuple[widgets.HTML, widgets.Button | None, widgets.HBox]:
+        label = widgets.HTML()
+        return label, None, widgets.HBox([label])
+
+    def _send_button(self, step: StepInfo) -> widgets.Button:
+        button = widgets.Button(description=f"send {step.event}", button_style="primary", icon="paper-plane")
+        button.on_click(lambda _b: self.send(step))
+        return button
+
+    def send(self, step: StepInfo) -> list[str]:
+        """Send the event a WAITING step awaits, with the triggering event's data (the "send" button)."""
+        from nbdurable._events import Event
+
+        if step.event is None:
+            msg = f"step {step.key!r} waits for no event; nothing to send"
+            raise ValueError(msg)
+        client = self.run.client
+        send_sync = getattr(client, "send_sync", None)
+        if send_sync is None:
+            msg = f"run {self.run.id!r} has no client that can send events (Client.send_sync is missing)"
+            raise RuntimeError(msg)
+        ids: list[str] = send_sync(Event(step.event, dict(self.run.event.data)))
+        return ids
+
+    def _header_html(self, run: Run[Any], now: float) -> str:
+        elapsed = run.elapsed if run.ended_at is not None or run.started_at is None else now - run.started_at
+        color = {"COMPLETED": "#1a7f37", "FAILED": "#cf222e"}.get(run.status.value, "#57606a")
+        note = f" &middot; <i>{html.escape(run.note)}</i>" if run.note else ""
+        error = ""
+        if run.error is not None:
+            text = html.escape(f"{run.error.name}: {run.error.message}")
+            error = f"<br><span style='color:#cf222e'>{text}</span>"
+        return (
+            f"<b>{html.escape(run.function_id)}</b> &middot; <code>{html.escape(run.id)}</code> &middot; "
+            f"<b style='color:{color}'>{run.status.value}</b> &middot; {seconds(elapsed)}{note}{error}"
+        )
+
+    def _row_html(self, step: StepInfo, now: float) -> str:
+        color = COLORS.get(step.status, "#57606a")
+        style = "font-family:monospace;white-space:pre"
+        if step.replayed:
+            style += ";opacity:0.6;font-style:italic"
+        text = html.escape(step_text(step, now))
+        return f"<span style='{style};color:{color}'>{text}</span>"
+
+    # -- text equivalent ---------------------------------------------------------------------
+
+    def text(self) -> str:
+        """What the widget shows, as text (for terminals, docs and tests)."""
+        run = self.run
+        now = self.clock.now()
+        steps = list(run.steps)
+        done = self.bar.value
+        width = 20
+        filled = round(width * done / max(self.bar.max, 1))
+        elapsed = run.elapsed if run.ended_at is not None or run.started_at is None else now - run.started_at
+        lines = [f"{run.function_id} \u00b7 {run.id} \u00b7 {run.status.value} \u00b7 {seconds(elapsed)}"]
+        if run.note:
+            lines[0] += f" \u00b7 {run.note}"
+        lines.append(
+            f"[{'#' * filled}{'-' * (width - filled)}] {done}/{len(steps)} steps ({self.bar.bar_style or '-'})"
+        )
+        lines += ["  " + step_text(s, now) + ("  [send]" if self._rows.get(s.key, (0, None))[1] else "") for s in steps]
+        if run.error is not None:
+            lines.append(f"  error: {run.error.name}: {run.error.message}")
+        return "\n".join(lines)
+
+
+def display_run_view(run: Run[Any], *, close_when_done: bool = False) -> RunView:
+    """Build a view of ``run`` and display it in the notebook.
+
+    Args:
+        run: the run.
+        close_when_done: detach the view once the run's execution ends (views shown by a
+            blocking ``run()`` cover that execution only).
+    """
+    from nbdurable._magics import display
+
+    view = RunView(run)
+    if close_when_done:
+
+        def closer(kind: str, _run: Run[Any], _step: StepInfo | None) -> None:
+            if kind == "run_finished":
+                view.close()
+                run.remove_listener(closer)
+
+        run.add_listener(closer)
+    display(view.widget)
+    return view

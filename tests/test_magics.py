@@ -1,0 +1,442 @@
+"""The extension and its magics, driven through a real IPython ``InteractiveShell``."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+
+import nbdurable
+from nbdurable import _client, _store
+from nbdurable._magics import CELL_FUNCTION, NbdurableMagics, _table, assigned_names
+from nbdurable.testing import FakeClock
+
+DEFINE = """
+import nbdurable
+client = nbdurable.Client("nb", backoff=nbdurable.Backoff(initial=0, jitter=0))
+calls = []
+stop = set()
+
+def work(name):
+    calls.append(name)
+    if name in stop:
+        stop.discard(name)
+        raise KeyboardInterrupt
+    return name.upper()
+
+@client.create_function(fn_id="etl", retries=1)
+def etl(ctx):
+    return [ctx.step.run(s, work, s) for s in ("a", "b", "c")]
+"""
+
+
+@pytest.fixture
+def ip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
+    """A real shell whose store is a fresh temporary directory; the extension is unloaded after."""
+    monkeypatch.setenv("NBDURABLE_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("NBDURABLE_VIEW", "off")
+    monkeypatch.chdir(tmp_path)
+    shell = InteractiveShell.instance()
+    hooks = list(_client.run_hooks)
+    yield shell
+    shell.extension_manager.unload_extension("nbdurable")
+    shell.reset(new_session=False)
+    for path in list(_store._open_stores):
+        if path.startswith(str(tmp_path)):
+            _store.Store.forget(path)
+    assert _client.run_hooks == hooks
+
+
+def load(ip: InteractiveShell) -> NbdurableMagics:
+    ip.run_line_magic("load_ext", "nbdurable")
+    magics = ip.magics_manager.registry["NbdurableMagics"]
+    assert isinstance(magics, NbdurableMagics)
+    return magics
+
+
+def restart(ip: InteractiveShell, keep: tuple[str, ...] = ()) -> NbdurableMagics:
+    """What a kernel restart does to the extension: everything in memory is gone, the store stays."""
+    ip.extension_manager.unload_extension("nbdurable")
+    saved = {k: ip.user_ns[k] for k in keep}
+    ip.reset(new_session=False)
+    ip.user_ns.update(saved)
+    for path in list(_store._open_stores):
+        _store.Store.forget(path)
+    return load(ip)
+
+
+# -- load / unload -------------------------------------------------------------------------
+
+
+def test_load_registers_the_magics_and_the_view_hook(ip) -> None:
+    """Loading adds %nbdurable, %%step and one run hook; unloading removes exactly those."""
+    before = list(_client.run_hooks)
+    magics = load(ip)
+    assert ip.magics_manager.magics["line"]["nbdurable"].__self__ is magics
+    assert ip.magics_manager.magics["cell"]["step"].__self__ is magics
+    assert _client.run_hooks == [*before, magics.hook]
+    ip.run_line_magic("unload_ext", "nbdurable")
+    assert "nbdurable" not in ip.magics_manager.magics["line"]
+    assert "step" not in ip.magics_manager.magics["cell"]
+    assert "NbdurableMagics" not in ip.magics_manager.registry
+    assert _client.run_hooks == before
+
+
+def test_reload_leaves_one_copy_of_every_hook(ip) -> None:
+    """%reload_ext twice still leaves one magics object, one hook and working magics."""
+    before = len(_client.run_hooks)
+    load(ip)
+    ip.run_line_magic("reload_ext", "nbdurable")
+    ip.run_line_magic("reload_ext", "nbdurable")
+    magics = ip.magics_manager.registry["NbdurableMagics"]
+    assert len(_client.run_hooks) == before + 1
+    assert ip.magics_manager.magics["line"]["nbdurable"].__self__ is magics
+    nbdurable.load_ipython_extension(ip)  # loading twice directly behaves the same
+    assert len(_client.run_hooks) == before + 1
+
+
+def test_import_nbdurable_exposes_lazy_hooks() -> None:
+    """The extension hooks are public names of the package."""
+    assert {"load_ipython_extension", "unload_ipython_extension"} <= set(nbdurable.__all__)
+
+
+def test_load_names_interrupted_runs_and_how_to_resume(ip, capsys) -> None:
+    """A store holding an interrupted run gets a one-line notice on load."""
+    load(ip)
+    ip.run_cell(DEFINE)
+    ip.user_ns["stop"].add("b")
+    with pytest.raises(KeyboardInterrupt):
+        ip.user_ns["etl"].run()
+    run_id = ip.user_ns["client"].runs()[0].id
+    capsys.readouterr()
+    restart(ip)
+    out = capsys.readouterr().out
+    assert out == (
+        f"nbdurable: 1 interrupted run in the store (etl/{run_id}); resume with `%nbdurable resume --all` "
+        "(functions must be defined) or re-run their cells.\n"
+    )
+
+
+def test_load_is_silent_without_interrupted_runs(ip, capsys, tmp_path) -> None:
+    """No notice, and no store directory created, when there is nothing to say."""
+    load(ip)
+    assert capsys.readouterr().out == ""
+    assert not (tmp_path / "store").exists()
+
+
+# -- %nbdurable --------------------------------------------------------------------------------
+
+
+def test_runs_lists_runs_as_a_table(ip, capsys) -> None:
+    """`runs` prints a table (text in a terminal) with the function, id and status; filters apply."""
+    load(ip)
+    ip.run_cell(DEFINE)
+    ip.user_ns["etl"].run()
+    run_id = ip.user_ns["client"].runs()[0].id
+    capsys.readouterr()
+    ip.run_line_magic("nbdurable", "runs")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["app", "function", "run", "status", "steps", "took", "updated"]
+    assert lines[1].split()[:5] == ["nb", "etl", run_id, "COMPLETED", "3"]
+    ip.run_line_magic("nbdurable", "runs etl --status failed")
+    assert capsys.readouterr().out == "no runs of 'etl' with status FAILED\n"
+    with pytest.raises(UsageError, match="unknown status 'nope'"):
+        ip.run_line_magic("nbdurable", "runs --status nope")
+
+
+def test_tables_render_as_html_for_notebooks() -> None:
+    """The bundle behind every table carries HTML (notebooks) and aligned text (terminals)."""
+    bundle = _table(["a", "b"], [["1", "<x>"]])
+    assert bundle["text/html"] == (
+        "<table><thead><tr><th style='text-align:left'>a</th><th style='text-align:left'>b</th></tr></thead>"
+        "<tr><td style='text-align:left'>1</td><td style='text-align:left'>&lt;x&gt;</td></tr></table>"
+    )
+    assert bundle["text/plain"] == "a  b  \n1  <x>"
+
+
+def test_show_prints_a_run_and_its_steps(ip, capsys) -> None:
+    """`show` accepts the first characters of a run id and lists the run's steps."""
+    load(ip)
+    ip.run_cell(DEFINE)
+    ip.user_ns["etl"].run()
+    run_id = ip.user_ns["client"].runs()[0].id
+    capsys.readouterr()
+    ip.run_line_magic("nbdurable", f"show {run_id[:6]}")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"etl / {run_id}: COMPLETED")
+    assert [line.split()[:3] for line in out[2:]] == [
+        ["a", "COMPLETED", "1"],
+        ["b", "COMPLETED", "1"],
+        ["c", "COMPLETED", "1"],
+    ]
+    with pytest.raises(UsageError, match="no run 'zzz'"):
+        ip.run_line_magic("nbdurable", "show zzz")
+
+
+def test_resume_executes_an_interrupted_run_from_where_it_stopped(ip, capsys) -> None:
+    """`resume RUN` replays finished steps and executes the interrupted one and the rest."""
+    load(ip)
+    ip.run_cell(DEFINE)
+    ip.user_ns["stop"].add("b")
+    with pytest.raises(KeyboardInterrupt):
+        ip.user_ns["etl"].run()
+    run_id = ip.user_ns["client"].runs()[0].id
+    assert ip.user_ns["calls"] == ["a", "b"]
+    ip.run_line_magic("nbdurable", f"resume {run_id}")
+    assert ip.user_ns["calls"] == ["a", "b", "b", "c"]
+    assert capsys.readouterr().out.endswith(f"etl/{run_id}: COMPLETED\n")
+
+
+def test_resume_all_needs_the_function_defined(ip) -> None:
+    """`resume --all` after a restart names the function that must be defined first."""
+    load(ip)
+    ip.run_cell(DEFINE)
+    ip.user_ns["stop"].add("a")
+    with pytest.raises(KeyboardInterrupt):
+        ip.user_ns["etl"].run()
+    restart(ip)
+    with pytest.raises(UsageError, match="function 'etl' \\(app 'nb'\\) is not defined in this kernel"):
+        ip.run_line_magic("nbdurable", "resume --all")
+    ip.run_cell(DEFINE)
+    ip.run_line_magic("nbdurable", "resume --all")
+    assert ip.user_ns["calls"] == ["a", "b", "c"]
+
+
+def test_invalidate_from_a_step_makes_it_and_later_steps_execute_again(ip, capsys) -> None:
+    """`invalidate FN --from STEP` forgets that step and the ones after it."""
+    load(ip)
+    ip.run_cell(DEFINE)
+    ip.user_ns["etl"].run()
+    ip.run_line_magic("nbdurable", "invalidate etl --from b")
+    assert "forgot 2 step(s): b, c" in capsys.readouterr().out
+    ip.user_ns["etl"].run()
+    assert ip.user_ns["calls"] == ["a", "b", "c", "b", "c"]
+    with pytest.raises(UsageError, match="no stored step 'x'"):
+        ip.run_line_magic("nbdurable", "invalidate etl --from x")
+
+
+def test_clear_deletes_a_functions_runs(ip, capsys) -> None:
+    """`clear FN` deletes its runs; `clear` without a target is a usage error."""
+    load(ip)
+    ip.run_cell(DEFINE)
+    ip.user_ns["etl"].run()
+    ip.run_line_magic("nbdurable", "clear etl")
+    assert capsys.readouterr().out == "cleared 1 run(s) of 'etl'\n"
+    assert ip.user_ns["client"].runs() == []
+    with pytest.raises(UsageError, match="give a function id or --all"):
+        ip.run_line_magic("nbdurable", "clear")
+
+
+def test_store_shows_and_switches_the_store(ip, capsys, tmp_path, monkeypatch) -> None:
+    """`store` names the store; `store PATH` makes new clients and cell steps use PATH."""
+    magics = load(ip)
+    ip.run_line_magic("nbdurable", "store")
+    assert capsys.readouterr().out == f"store: {tmp_path / 'store'} (0 runs)\n"
+    ip.run_line_magic("nbdurable", f"store {tmp_path / 'other'}")
+    assert nbdurable.Client("x").store_path == str(tmp_path / "other")
+    assert magics.cell_client().store_path == str(tmp_path / "other")
+    monkeypatch.setenv("NBDURABLE_STORE", str(tmp_path / "store"))  # restored for the teardown
+
+
+def test_send_parses_json_and_sends(ip, capsys) -> None:
+    """`send NAME JSON` sends one event through Client.send_sync (a clear error where it is missing)."""
+    load(ip)
+    ip.run_cell("import nbdurable\nclient = nbdurable.Client('nb')")
+    with pytest.raises(UsageError, match=r"the data must be a JSON object"):
+        ip.run_line_magic("nbdurable", "send app/x [1]")
+    if not hasattr(nbdurable.Client, "send_sync"):
+        with pytest.raises(UsageError, match=r"has no Client\.send_sync"):
+            ip.run_line_magic("nbdurable", 'send app/x {"a": 1}')
+        return
+    ip.run_line_magic("nbdurable", 'send app/x {"a": 1}')
+    assert capsys.readouterr().out.startswith("sent 'app/x' (")
+
+
+def test_help_and_unknown_commands(ip, capsys) -> None:
+    """`help` documents every command; an unknown one is a usage error pointing to help."""
+    load(ip)
+    ip.run_line_magic("nbdurable", "help")
+    out = capsys.readouterr().out
+    for command in ("runs", "show", "resume", "invalidate", "clear", "store", "send", "help", "%%step"):
+        assert command in out
+    with pytest.raises(UsageError, match=r"unknown command 'bogus'\. See %nbdurable help"):
+        ip.run_line_magic("nbdurable", "bogus")
+
+
+# -- %%step ------------------------------------------------------------------------------------
+
+LOAD = """
+import math
+hits.append("load")
+data = [1, 2, 3]
+total: int = sum(data)
+total += 1
+def double(x):
+    return 2 * x
+class Box:
+    value = 7
+box = Box()
+"""
+
+
+def test_cell_step_runs_once_then_restores(ip, capsys) -> None:
+    """The second run of a cell step restores its names without executing it, and says so."""
+    load(ip)
+    ip.user_ns["hits"] = []
+    ip.run_cell_magic("step", "load", LOAD)
+    ip.user_ns["data"] = None
+    ip.run_cell_magic("step", "load", LOAD)
+    assert ip.user_ns["hits"] == ["load"]
+    assert ip.user_ns["data"] == [1, 2, 3]
+    assert ip.user_ns["total"] == 7
+    out = capsys.readouterr().out
+    assert out.startswith("%%step load: restored math, data, total, double, Box, box from ")
+    assert "(the cell took " in out
+
+
+def test_cell_step_restores_after_a_restart(ip) -> None:
+    """After a restart, the same cell restores modules, values, defs and instances of its classes."""
+    load(ip)
+    ip.user_ns["hits"] = []
+    ip.run_cell_magic("step", "load", LOAD)
+    hits = ip.user_ns["hits"]
+    restart(ip, keep=("hits",))
+    assert "data" not in ip.user_ns
+    ip.run_cell_magic("step", "load", LOAD)
+    assert hits == ["load"]
+    ns = ip.user_ns
+    assert (ns["data"], ns["total"], ns["double"](4), ns["box"].value, ns["math"].pi) == (
+        [1, 2, 3],
+        7,
+        8,
+        7,
+        ns["math"].pi,
+    )
+    assert isinstance(ns["box"], ns["Box"])
+
+
+def test_editing_a_cell_step_executes_it_and_the_ones_after_it(ip, capsys) -> None:
+    """Changing an earlier cell step re-executes it and every cell step after it; unchanged ones restore."""
+    load(ip)
+    ip.user_ns["hits"] = []
+    a1 = "hits.append('a'); x = 1"
+    a2 = "hits.append('a'); x = 2"
+    b = "hits.append('b'); y = x * 10"
+    ip.run_cell_magic("step", "a", a1)
+    ip.run_cell_magic("step", "b", b)
+    ip.run_cell_magic("step", "a", a1)
+    ip.run_cell_magic("step", "b", b)
+    assert ip.user_ns["hits"] == ["a", "b"]
+    capsys.readouterr()
+    ip.run_cell_magic("step", "a", a2)
+    assert capsys.readouterr().out == "%%step a: executed again; cell steps after it (b) will execute again\n"
+    ip.run_cell_magic("step", "b", b)
+    assert ip.user_ns["hits"] == ["a", "b", "a", "b"]
+    assert ip.user_ns["y"] == 20
+
+
+def test_refresh_executes_a_cell_step_again(ip) -> None:
+    """--refresh executes an unchanged cell step and then the ones after it."""
+    load(ip)
+    ip.user_ns["hits"] = []
+    ip.run_cell_magic("step", "a", "hits.append('a'); x = 1")
+    ip.run_cell_magic("step", "b", "hits.append('b'); y = x")
+    ip.run_cell_magic("step", "a --refresh", "hits.append('a'); x = 1")
+    ip.run_cell_magic("step", "b", "hits.append('b'); y = x")
+    assert ip.user_ns["hits"] == ["a", "b", "a", "b"]
+
+
+def test_cell_step_retries_with_backoff(ip, capsys) -> None:
+    """--retries N: a failing cell is executed again after a backoff delay, and says so."""
+    magics = load(ip)
+    magics.clock = clock = FakeClock()
+    magics.backoff = nbdurable.Backoff(initial=1, factor=2, jitter=0)
+    ip.user_ns["hits"] = []
+    cell = "hits.append(1)\nif len(hits) < 3:\n    raise ConnectionError('flaky')\nz = len(hits)"
+    ip.run_cell_magic("step", "flaky --retries 2", cell)
+    assert ip.user_ns["z"] == 3
+    assert clock.slept == [1.0, 2.0]
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "%%step flaky: attempt 1/3 failed (ConnectionError: flaky); retrying in 1.0s",
+        "%%step flaky: attempt 2/3 failed (ConnectionError: flaky); retrying in 2.0s",
+    ]
+
+
+def test_failing_cell_step_raises_the_cells_own_error(ip) -> None:
+    """Without retries, the cell's exception reaches the user as itself, not wrapped."""
+    load(ip)
+    with pytest.raises(ZeroDivisionError):
+        ip.run_cell_magic("step", "bad", "x = 1 / 0")
+
+
+def test_unpicklable_name_is_a_clear_error_and_nothing_is_stored(ip) -> None:
+    """A lock assigned by a cell step fails it naming the variable and type; no value is stored."""
+    magics = load(ip)
+    ip.user_ns["hits"] = []
+    cell = "import threading\nhits.append(1)\ngood = 1\nlock = threading.Lock()"
+    with pytest.raises(TypeError, match=r"variable 'lock' of type _thread.lock cannot be pickled.*Fix: `del lock`"):
+        ip.run_cell_magic("step", "locky --retries 3", cell)
+    assert ip.user_ns["hits"] == [1]  # not retried: retrying cannot make it picklable
+    client = magics.cell_client()
+    got = client.store.get_step(_store.step_prefix(client.app_id, CELL_FUNCTION, "locky") + "cell")
+    assert got[0].status == "FAILED"
+    assert got[1] == b""
+    ip.run_cell_magic("step", "locky", cell + "\ndel lock")
+    assert ip.user_ns["hits"] == [1, 1]
+
+
+def test_step_needs_a_name(ip) -> None:
+    """%%step without a name is a usage error."""
+    load(ip)
+    with pytest.raises(UsageError, match="the following arguments are required: name"):
+        ip.run_cell_magic("step", "", "x = 1")
+
+
+def test_assigned_names_cover_every_binding_form() -> None:
+    """Assignments, augmented/annotated ones, for/with targets, imports and defs count; inner scopes do not."""
+    tree = ast.parse(
+        "a = b, (c, *d) = 1, (2, 3)\n"
+        "e += 1\n"
+        "f: int = 1\n"
+        "g: int\n"
+        "for h, i in []: j = 1\n"
+        "with open('x') as k: pass\n"
+        "import os.path, numpy as np\n"
+        "from x import y as z, w\n"
+        "def fn(): inner = 1\n"
+        "class C: attr = 1\n"
+        "if True:\n    m = 1\nelse:\n    n = 1\n"
+        "try:\n    o = 1\nexcept ValueError as p:\n    q = 1\n"
+        "print(r := 1)\n"
+    )
+    names, defs = assigned_names(tree)
+    assert names == [
+        "a",
+        "b",
+        "c",
+        "d",
+        "e",
+        "f",
+        "h",
+        "i",
+        "j",
+        "k",
+        "os",
+        "np",
+        "z",
+        "w",
+        "fn",
+        "C",
+        "m",
+        "n",
+        "o",
+        "p",
+        "q",
+        "r",
+    ]
+    assert sorted(defs) == ["C", "fn"]
