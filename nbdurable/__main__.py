@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,9 +36,11 @@ def _execute(path: Path, store: str, label: str) -> list[str]:
     os.environ["NBDURABLE_STORE"] = store  # the kernel inherits it
     started = time.perf_counter()
     try:
-        nbclient.NotebookClient(
+        client = nbclient.NotebookClient(
             nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-        ).execute()
+        )
+        # The kernel's own log (e.g. its transport notice) is not part of the demo; cell errors still raise.
+        client.execute(stderr=subprocess.DEVNULL)
     finally:
         if env_before is None:
             os.environ.pop("NBDURABLE_STORE", None)
@@ -59,7 +62,11 @@ def _execute(path: Path, store: str, label: str) -> list[str]:
 def _demo() -> int:
     store = tempfile.mkdtemp(prefix="nbdurable-demo-")
     nb = _quickstart()
-    print(f"store shared by both passes: {store}\n")
+    print(f"store shared by both passes: {store}")
+    print(
+        "step table: icon, step, status (COMPLETED = executed in this pass, REPLAYED = from the store),\n"
+        "attempts used/allowed, time of the step's successful attempt, output\n"
+    )
     try:
         for label in ("pass 1: first kernel", "pass 2: a new kernel, same store"):
             for text in _execute(nb, store, label):
