@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as _dt
 import html
+import inspect
 import json
 import linecache
 import os
@@ -609,7 +610,13 @@ def _execute_cell(shell: InteractiveShell, name: str, source: str) -> dict[str, 
     names, defs = assigned_names(tree)
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     ns = shell.user_ns
-    exec(compile(tree, filename, "exec"), ns)  # noqa: S102 - executing the user's own cell is the point
+    code = compile(tree, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    if code.co_flags & inspect.CO_COROUTINE:  # the cell awaits at top level, as notebooks allow
+        from nbdurable._function import run_blocking
+
+        run_blocking(eval(code, ns))  # noqa: S307 - executing the user's own cell is the point
+    else:
+        exec(code, ns)  # noqa: S102 - executing the user's own cell is the point
     user_module = getattr(shell.user_module, "__name__", "__main__")
     stored: dict[str, Any] = {}
     for var in names:

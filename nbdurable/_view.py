@@ -42,6 +42,18 @@ _COUNTDOWN = {StepStatus.RETRYING: "retry in", StepStatus.SLEEPING: "wakes in", 
 _DONE = (StepStatus.COMPLETED, StepStatus.REPLAYED)
 
 
+MAX_ROWS = 100
+"""Rows drawn at most: the latest steps, plus every earlier one that is not done."""
+
+
+def visible_steps(steps: list[StepInfo]) -> list[StepInfo]:
+    """The steps the view draws a row for: all of them, or the latest ``MAX_ROWS`` and the unfinished."""
+    if len(steps) <= MAX_ROWS:
+        return steps
+    cut = len(steps) - MAX_ROWS
+    return [s for s in steps[:cut] if s.status not in _DONE] + steps[cut:]
+
+
 def countdown(step: StepInfo, now: float) -> str:
     """``retry in 2.0s`` while a step waits to retry (or sleeps, or waits for an event)."""
     label = _COUNTDOWN.get(step.status)
@@ -100,9 +112,14 @@ class RunView:
         self.header = widgets.HTML()
         self.bar = widgets.IntProgress(min=0, max=1, value=0, bar_style="", layout=widgets.Layout(width="40%"))
         self.bar_label = widgets.HTML()
-        self.rows_box = widgets.VBox()
-        self._rows: dict[str, tuple[widgets.HTML, widgets.Button | None, widgets.HBox]] = {}
-        self._widget = widgets.VBox([self.header, widgets.HBox([self.bar, self.bar_label]), self.rows_box])
+        self.rows = widgets.HTML()
+        """The step rows: one HTML widget (thousands of steps must not mean thousands of widgets)."""
+        self.buttons = widgets.HBox()
+        """A "send" button per step waiting for an event."""
+        self._row_cache: dict[str, tuple[Any, str]] = {}
+        self._buttons: dict[str, widgets.Button] = {}
+        self._shown: list[StepInfo] = []
+        self._widget = widgets.VBox([self.header, widgets.HBox([self.bar, self.bar_label]), self.rows, self.buttons])
         run.add_listener(self._on_event)
         self.redraw()
 
@@ -176,35 +193,27 @@ class RunView:
                 self.bar.bar_style = style
                 self._failed = style == "danger"
             self.bar_label.value = f"&nbsp;{done}/{len(steps)} steps"
-            changed = False
-            for step in steps:
-                row = self._rows.get(step.key)
-                if row is None:
-                    row = self._new_row()
-                    self._rows[step.key] = row
-                    changed = True
-                label, button, box = row
-                label.value = self._row_html(step, now)
-                wants_button = step.status is StepStatus.WAITING and step.event is not None
-                if wants_button and button is None:
-                    button = self._send_button(step)
-                    self._rows[step.key] = (label, button, box)
-                    box.children = (label, button)
-                elif not wants_button and button is not None:
-                    self._rows[step.key] = (label, None, box)
-                    box.children = (label,)
-            keys = [s.key for s in steps]
-            if changed or len(self.rows_box.children) != len(keys):
-                self.rows_box.children = tuple(self._rows[k][2] for k in keys)
+            shown = visible_steps(steps)
+            self._shown = shown
+            hidden = len(steps) - len(shown)
+            parts = [self._row_html(step, now) for step in shown]
+            if hidden:
+                parts.insert(0, f"<div style='color:#57606a'>\u2026 {hidden} earlier steps done</div>")
+            self.rows.value = "".join(parts)
+            self._draw_buttons(steps)
 
-    def _new_row(self) -> tuple[widgets.HTML, widgets.Button | None, widgets.HBox]:
-        label = widgets.HTML()
-        return label, None, widgets.HBox([label])
-
-    def _send_button(self, step: StepInfo) -> widgets.Button:
-        button = widgets.Button(description=f"send {step.event}", button_style="primary", icon="paper-plane")
-        button.on_click(lambda _b: self.send(step))
-        return button
+    def _draw_buttons(self, steps: list[StepInfo]) -> None:
+        waiting = {s.key: s for s in steps if s.status is StepStatus.WAITING and s.event is not None}
+        if set(waiting) == set(self._buttons):
+            return
+        for key in [k for k in self._buttons if k not in waiting]:
+            self._buttons.pop(key).close()
+        for key, step in waiting.items():
+            if key not in self._buttons:
+                button = widgets.Button(description=f"send {step.event}", button_style="primary", icon="paper-plane")
+                button.on_click(lambda _b, step=step: self.send(step))
+                self._buttons[key] = button
+        self.buttons.children = tuple(self._buttons.values())
 
     def send(self, step: StepInfo) -> list[str]:
         """Send the event a WAITING step awaits, with the triggering event's data (the "send" button)."""
@@ -235,17 +244,25 @@ class RunView:
         )
 
     def _row_html(self, step: StepInfo, now: float) -> str:
+        """A step's row; rebuilt only when the step changed (or shows a countdown)."""
+        signature = (step.status, step.attempts, step.duration, step.stale, step.note, step.error, step.has_output)
+        cached = self._row_cache.get(step.key)
+        if cached is not None and cached[0] == signature and not countdown(step, now):
+            return cached[1]
         color = COLORS.get(step.status, "#57606a")
         style = "font-family:monospace;white-space:pre"
         if step.replayed:
             style += ";opacity:0.6;font-style:italic"
         text = html.escape(step_text(step, now))
-        return f"<span style='{style};color:{color}'>{text}</span>"
+        row = f"<div style='{style};color:{color}'>{text}</div>"
+        self._row_cache[step.key] = (signature, row)
+        return row
 
     # -- text equivalent ---------------------------------------------------------------------
 
     def text(self) -> str:
-        """What the widget shows, as text (for terminals, docs and tests)."""
+        """Draw the run's current state and return the widget's text equivalent (for docs and tests)."""
+        self.redraw()
         run = self.run
         now = self.clock.now()
         steps = list(run.steps)
@@ -259,7 +276,10 @@ class RunView:
         lines.append(
             f"[{'#' * filled}{'-' * (width - filled)}] {done}/{len(steps)} steps ({self.bar.bar_style or '-'})"
         )
-        lines += ["  " + step_text(s, now) + ("  [send]" if self._rows.get(s.key, (0, None))[1] else "") for s in steps]
+        hidden = len(steps) - len(self._shown)
+        if hidden:
+            lines.append(f"  \u2026 {hidden} earlier steps done")
+        lines += ["  " + step_text(s, now) + ("  [send]" if s.key in self._buttons else "") for s in self._shown]
         if run.error is not None:
             lines.append(f"  error: {run.error.name}: {run.error.message}")
         return "\n".join(lines)

@@ -177,6 +177,7 @@ def test_interrupt_mid_step_leaves_the_run_interrupted_and_rerun_completes_with_
 def test_cell_steps_restore_in_a_new_kernel_and_execute_again_when_edited(kernels, tmp_path) -> None:
     """%%step cells: a new kernel restores their names without executing them; an edit re-executes the chain."""
     log = tmp_path / "log"
+    B = "import asyncio\nawait asyncio.sleep(0)  # top-level await, in the kernel's running loop\ny = x * 2"
 
     def cell(name: str, body: str) -> str:
         return f"%%step {name}\nwith open({str(log)!r}, 'a') as f:\n    f.write({name!r} + '\\n')\ndel f\n{body}"
@@ -184,17 +185,17 @@ def test_cell_steps_restore_in_a_new_kernel_and_execute_again_when_edited(kernel
     first = new_kernel(kernels, tmp_path)
     first.text("%load_ext nbdurable")
     first.text(cell("a", "x = 21"))
-    first.text(cell("b", "y = x * 2"))
+    first.text(cell("b", B))
     first.close()
 
     second = new_kernel(kernels, tmp_path)
     second.text("%load_ext nbdurable")
     assert second.text(cell("a", "x = 21")).startswith("%%step a: restored x from ")
-    assert second.text(cell("b", "y = x * 2")).startswith("%%step b: restored y from ")
+    assert second.text(cell("b", B)).startswith("%%step b: restored asyncio, y from ")
     assert second.text("print(x, y)") == "21 42\n"
     assert log.read_text().split() == ["a", "b"]
     second.text(cell("a", "x = 1"))
-    second.text(cell("b", "y = x * 2"))
+    second.text(cell("b", B))
     assert second.text("print(x, y)") == "1 2\n"
     assert log.read_text().split() == ["a", "b", "a", "b"]
 

@@ -390,6 +390,16 @@ def test_unpicklable_name_is_a_clear_error_and_nothing_is_stored(ip) -> None:
     assert ip.user_ns["hits"] == [1, 1]
 
 
+def test_cell_step_may_await_at_top_level(ip) -> None:
+    """A cell step that awaits at top level (as notebook cells may) executes and stores its names."""
+    load(ip)
+    ip.user_ns["hits"] = []
+    cell = "import asyncio\nhits.append(1)\nawait asyncio.sleep(0)\nv = 5"
+    ip.run_cell_magic("step", "awaits", cell)
+    ip.run_cell_magic("step", "awaits", cell)
+    assert (ip.user_ns["v"], ip.user_ns["hits"]) == (5, [1])
+
+
 def test_step_needs_a_name(ip) -> None:
     """%%step without a name is a usage error."""
     load(ip)

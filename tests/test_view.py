@@ -14,7 +14,7 @@ from nbdurable import _client
 from nbdurable._run import Run
 from nbdurable._text import TextView, show_run
 from nbdurable._types import ErrorInfo, RunStatus, StepInfo, StepStatus
-from nbdurable._view import RunView
+from nbdurable._view import MAX_ROWS, RunView
 from nbdurable.testing import FakeClock
 
 
@@ -55,7 +55,7 @@ def test_completed_run_draws_green_full_bar_and_a_row_per_step(client, views) ->
     view = views[0]
     assert view.bar.bar_style == "success"
     assert (view.bar.value, view.bar.max) == (2, 2)
-    assert len(view.rows_box.children) == 2
+    assert view.rows.value.count("<div") == 2
     rows = view.text().splitlines()[2:]
     assert rows[0].startswith("  \u2714 extract  completed  1/4")
     assert "score  completed  2/4" in rows[1]
@@ -71,9 +71,9 @@ def test_replayed_rows_are_distinct_from_executed_ones(client, views) -> None:
     etl.run()
     view = views[0]
     assert calls == ["extract", "score"]
-    label = view.rows_box.children[0].children[0]
-    assert "opacity:0.6" in label.value
-    assert "font-style:italic" in label.value
+    first_row = view.rows.value.split("</div>")[0]
+    assert "opacity:0.6" in first_row
+    assert "font-style:italic" in first_row
     assert "\u21bb extract  replayed" in view.text()
 
 
@@ -91,8 +91,7 @@ def test_countdown_while_a_step_waits_to_retry(clock) -> None:
     assert "ConnectionError: the API timed out" in view.text()
     clock.advance(1.5)
     view.flush()
-    label = view.rows_box.children[0].children[0]
-    assert "retry in 2.5s" in label.value
+    assert "retry in 2.5s" in view.rows.value
 
 
 def test_failed_run_keeps_its_red_bar(client, views) -> None:
@@ -117,7 +116,7 @@ def test_stale_step_is_marked(clock) -> None:
     step = StepInfo(key="a", step_id="a", status=StepStatus.REPLAYED, attempts=1, stale=True, has_output=True, output=1)
     run.steps.append(step)
     run.emit("step_replayed", step)
-    assert "\u26a0 stale" in view.rows_box.children[0].children[0].value
+    assert "\u26a0 stale" in view.rows.value
 
 
 def test_redraws_are_throttled_and_the_final_state_is_always_drawn(clock) -> None:
@@ -132,11 +131,11 @@ def test_redraws_are_throttled_and_the_final_state_is_always_drawn(clock) -> Non
         run.emit("step_completed", step)
         clock.advance(0.001)
     assert view.draws == first  # 50 ms after the initial draw: nothing redrawn yet
-    assert len(view.rows_box.children) == 0
+    assert view.rows.value == ""
     clock.advance(0.1)
     view.flush()
     assert view.draws == first + 1
-    assert len(view.rows_box.children) == 50
+    assert view.rows.value.count("<div") == 50
     run.status = RunStatus.COMPLETED
     run.emit("run_finished")
     assert view.draws == first + 2
@@ -159,16 +158,31 @@ def test_waiting_step_has_a_send_button_that_sends_the_awaited_event(clock) -> N
     step.deadline = clock.now() + 60
     run.steps.append(step)
     run.emit("step_waiting", step)
-    box = view.rows_box.children[0]
-    assert len(box.children) == 2
-    button = box.children[1]
+    assert len(view.buttons.children) == 1
+    button = view.buttons.children[0]
     assert button.description == "send app/approved"
     assert "times out in 60.0s" in view.text()
     button.click()
     assert [(e.name, e.data) for e in sent] == [("app/approved", {"order": 7})]
     step.status = StepStatus.COMPLETED
     run.emit("step_completed", step)
-    assert len(view.rows_box.children[0].children) == 1
+    assert view.buttons.children == ()
+
+
+def test_long_runs_draw_the_latest_rows_and_every_unfinished_one(clock) -> None:
+    """Past MAX_ROWS steps, the view draws the latest ones, earlier unfinished ones, and a count of the rest."""
+    run: Run[Any] = Run("etl", "r1", nbdurable.Event("x"))
+    view = RunView(run, clock=clock, min_interval=0)
+    run.steps.append(StepInfo(key="early-failure", step_id="early-failure", status=StepStatus.FAILED, attempts=1))
+    for i in range(MAX_ROWS + 10):
+        run.steps.append(StepInfo(key=f"s{i}", step_id=f"s{i}", status=StepStatus.COMPLETED, attempts=1))
+    run.emit("step_completed", run.steps[-1])
+    text = view.text().splitlines()
+    assert text[2] == "  \u2026 10 earlier steps done"
+    assert text[3].startswith("  \u2718 early-failure  failed")
+    assert text[4].startswith("  \u2714 s10  completed")
+    assert len(text) == 4 + MAX_ROWS
+    assert view.rows.value.count("<div") == MAX_ROWS + 2
 
 
 def test_close_detaches_the_view(clock) -> None:
