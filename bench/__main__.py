@@ -1,0 +1,77 @@
+"""``python -m bench [--tiny] [--write docs/BENCHMARKS.md]``: run every row, print the table."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shutil
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+
+from bench import _report, _rows
+from bench._measure import FULL, TINY, Row, Sizes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_all(sizes: Sizes, workdir: str, *, explain: bool) -> tuple[list[Row], bool]:
+    """Every row, in one process; a crashing row becomes a 'not measured' line and sets the flag."""
+    ws = _rows.Workspace(workdir)
+    steps: list[tuple[str, list[str], Callable[[], list[Row]]]] = [
+        ("first execution, replay, joblib", ["1", "2", "5"], lambda: _rows.core_rows(ws, sizes)),
+        ("linear replay", ["3"], lambda: [_rows.linear_row(ws, sizes)]),
+        ("DBOS", ["4a", "4b"], lambda: _rows.dbos_rows(ws, sizes)),
+        ("view", ["6"], lambda: [_rows.view_row(ws, sizes)]),
+        ("import", ["7"], lambda: [_rows.import_row(sizes)]),
+    ]
+    rows: list[Row] = []
+    crashed = False
+    try:
+        for name, numbers, measure in steps:
+            print(f"bench: {name}...", file=sys.stderr, flush=True)
+            try:
+                rows.extend(measure())
+            except Exception as exc:
+                crashed = True
+                traceback.print_exc()
+                error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                rows.extend(Row(n, name, "-", "-", None, why=f"crashed: {error}") for n in numbers)
+    finally:
+        ws.close()
+    rows.sort(key=lambda r: r.number)
+    if explain:  # the reasons come from profiling full-size runs; tiny figures are noise
+        _rows.explain(rows)
+    return rows, crashed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--tiny", action="store_true", help="every row at a tiny size (smoke check, writes nothing)")
+    parser.add_argument("--write", metavar="PATH", help="rewrite the figures section of this Markdown file")
+    args = parser.parse_args(argv)
+    if args.tiny and args.write:
+        parser.error("--tiny figures are not worth writing down; drop --write")
+    sizes = TINY if args.tiny else FULL
+    # The stores live next to the repository, on the disk a user's .nbdurable store would use.
+    base = os.path.join(ROOT, "bench", "out")
+    os.makedirs(base, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="run-", dir=base)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load_before = _report.load()
+    try:
+        rows, crashed = run_all(sizes, workdir, explain=not args.tiny)
+        machine = _report.machine(workdir, load_before)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(_report.table(rows, machine, started, tiny=args.tiny))
+    if args.write:
+        _report.write(args.write, rows, machine, started)
+        print(f"bench: figures written to {args.write}", file=sys.stderr)
+    return 1 if crashed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

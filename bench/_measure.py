@@ -1,0 +1,114 @@
+"""Timing helpers and the result of one benchmark row."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How big each row runs: the full run, or a tiny smoke check."""
+
+    steps: int  # steps per run for rows 1, 2, 5 (and our side of row 4)
+    repeats: int  # repeats of the paired measurements of rows 1, 2, 5 and 6
+    linear_repeats: int
+    small: int  # row 3: the short run
+    large: int  # row 3: the long run (10x the short one)
+    dbos_steps: int
+    dbos_repeats: int
+    joblib_calls: int
+    view_steps: int
+    import_runs: int
+
+
+FULL = Sizes(
+    steps=2000,
+    repeats=15,
+    linear_repeats=21,
+    small=1000,
+    large=10_000,
+    dbos_steps=1000,
+    dbos_repeats=9,
+    joblib_calls=500,
+    view_steps=2000,
+    import_runs=9,
+)
+TINY = Sizes(
+    steps=20,
+    repeats=2,
+    linear_repeats=2,
+    small=10,
+    large=100,
+    dbos_steps=10,
+    dbos_repeats=1,
+    joblib_calls=10,
+    view_steps=20,
+    import_runs=2,
+)
+
+
+@dataclasses.dataclass
+class Row:
+    """One line of the table.
+
+    ``met`` is True or False against the target, or None when the row has no target (a
+    comparison) or was not measured (``figure`` is then ``"-"``). ``detail`` holds the
+    underlying medians and spreads; ``why`` explains a missed target or a row not measured.
+    """
+
+    number: str
+    title: str
+    figure: str
+    target: str
+    met: bool | None
+    detail: str = ""
+    why: str = ""
+
+    @property
+    def result(self) -> str:
+        if self.figure == "-":
+            return "not measured"
+        if self.met is None:
+            return "-"
+        return "met" if self.met else "MISSED"
+
+
+def timed(fn: Callable[..., Any], *args: Any) -> float:
+    """Seconds ``fn(*args)`` takes, after a garbage collection so earlier garbage is not billed to it."""
+    gc.collect()
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def us(seconds: float) -> str:
+    """Microseconds, for per-step figures."""
+    return f"{seconds * 1e6:.1f} µs"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def spread(values: list[float], unit: Callable[[float], str] = us) -> str:
+    """``median (min-max, n=k)`` of a list of timings."""
+    return f"{unit(median(values))} (range {unit(min(values))}-{unit(max(values))}, n={len(values)})"
+
+
+def ratio_spread(ratios: list[float]) -> str:
+    """``median x (min-max)`` of paired ratios."""
+    return f"{median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}x, n={len(ratios)})"
+
+
+def paired(ours: list[float], theirs: list[float]) -> list[float]:
+    """Ratio of each repeat's pair: ours / theirs (pairs were measured next to each other)."""
+    return [a / b for a, b in zip(ours, theirs, strict=True)]
