@@ -36,7 +36,7 @@ FULL = Sizes(
     dbos_repeats=9,
     joblib_calls=500,
     view_steps=2000,
-    import_runs=9,
+    import_runs=15,
 )
 TINY = Sizes(
     steps=20,
