@@ -115,7 +115,7 @@ def markdown(rows: list[Row], info: dict[str, str], started: datetime.datetime) 
         text = r.detail
         if r.why:
             text = f"{text}. **Why {r.result}:** {r.why}" if text else f"**{r.result.capitalize()}:** {r.why}"
-        lines.append(f"{r.number}. {text}")
+        lines.append(f"- **{r.number}**: {text}")
     lines += ["", END]
     return "\n".join(lines)
 
