@@ -28,8 +28,13 @@ STORE_SETTINGS: dict[str, Any] = {
 }
 
 
+CALLS = [0]
+"""How many times ``trivial`` ran: proves a first execution executed and a replay did not."""
+
+
 def trivial(i: int) -> int:
     """The trivial step: returns its argument."""
+    CALLS[0] += 1
     return i
 
 
@@ -64,6 +69,15 @@ class Workspace:
         data = self.fresh_data(20)
         fn.run(data)
         fn.run(data)
+
+    def timed_run(self, fn: nbdurable.Function[int], data: dict[str, int], *, executes: int) -> float:
+        """Seconds of one blocking ``run()``, checking how many step handlers it called."""
+        before = CALLS[0]
+        seconds = timed(fn.run, data)
+        if CALLS[0] - before != executes:
+            msg = f"{fn.id}: expected {executes} step executions, got {CALLS[0] - before}"
+            raise AssertionError(msg)
+        return seconds
 
     def fresh_data(self, n: int) -> dict[str, int]:
         """Event data for a run never executed before (so its steps execute)."""
@@ -122,11 +136,9 @@ def core_rows(ws: Workspace, sizes: Sizes) -> list[Row]:
     for rep in range(sizes.repeats):
         data = ws.fresh_data(n)
         sets.append(raw_set(ws.raw, f"core{rep}", n))
-        firsts.append(timed(fn.run, data) / n)
+        firsts.append(ws.timed_run(fn, data, executes=n) / n)
         gets.append(raw_get(ws.raw, f"core{rep}", n))
-        replays.append(timed(fn.run, data) / n)
-        if fn.runs()[0].status is not nbdurable.RunStatus.COMPLETED:
-            raise AssertionError("the benchmark run did not complete")
+        replays.append(ws.timed_run(fn, data, executes=0) / n)
         base = rep * m
         misses.append(timed(call_range, cached, base, m) / m)
         hits.append(timed(call_range, cached, base, m) / m)
@@ -178,8 +190,8 @@ def linear_row(ws: Workspace, sizes: Sizes) -> Row:
     fn.run(large)
     smalls, larges = [], []
     for _ in range(sizes.linear_repeats):
-        smalls.append(timed(fn.run, small))
-        larges.append(timed(fn.run, large))
+        smalls.append(ws.timed_run(fn, small, executes=0))
+        larges.append(ws.timed_run(fn, large, executes=0))
     ratios = paired(larges, smalls)
     factor = sizes.large / sizes.small
     return Row(
@@ -235,15 +247,17 @@ def dbos_rows(ws: Workspace, sizes: Sizes) -> list[Row]:
         fn = ws.function("vs-dbos")
         ws.warm_up(fn)
         rows = [_dbos_variant(ws, sizes, fn, dbos_steps, calls, body_seconds, "default", SetWorkflowID)]
-        _dbos_wal_normal()
+        _dbos_wal_normal(path)
         rows.append(_dbos_variant(ws, sizes, fn, dbos_steps, calls, body_seconds, "WAL", SetWorkflowID))
     finally:
         DBOS.destroy(destroy_registry=True)
     return rows
 
 
-def _dbos_wal_normal() -> None:
+def _dbos_wal_normal(path: str) -> None:
     """Give DBOS's SQLite connections the durability settings diskcache uses (WAL, synchronous=NORMAL)."""
+    import sqlite3
+
     import dbos._dbos as dbos_module
     from sqlalchemy import event
 
@@ -257,6 +271,16 @@ def _dbos_wal_normal() -> None:
         conn.execute("PRAGMA synchronous=NORMAL")
 
     engine.dispose()  # reconnect, so every pooled connection gets the pragmas
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+    check = sqlite3.connect(path)  # the journal mode is a property of the database file
+    try:
+        mode = check.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        check.close()
+    if mode != "wal":
+        msg = f"DBOS's database is in journal mode {mode!r}, not WAL"
+        raise AssertionError(msg)
 
 
 def _dbos_variant(
@@ -277,15 +301,19 @@ def _dbos_variant(
         workflow(5)
     for rep in range(sizes.dbos_repeats):
         data = ws.fresh_data(n)
-        ours_first.append(timed(fn.run, data) / n)
+        ours_first.append(ws.timed_run(fn, data, executes=n) / n)
         wid = f"{variant}-{rep}"
 
         def first(wid: str = wid) -> None:
             with set_workflow_id(wid):
                 workflow(n)
 
+        before = calls[0]
         theirs_first.append(timed(first) / n)
-        ours_replay.append(timed(fn.run, data) / n)
+        if calls[0] - before != n:
+            msg = f"the DBOS workflow ran {calls[0] - before} steps, not {n}"
+            raise AssertionError(msg)
+        ours_replay.append(ws.timed_run(fn, data, executes=0) / n)
         before = calls[0]
         forked = DBOS.fork_workflow(wid, n + 1)
         if forked.get_result() != n or calls[0] != before:
@@ -327,14 +355,14 @@ def view_row(ws: Workspace, sizes: Sizes) -> Row:
     without, with_view, without_replay, with_view_replay = [], [], [], []
     for _ in range(sizes.repeats):
         plain, shown = ws.fresh_data(n), ws.fresh_data(n)
-        without.append(timed(fn.run, plain))
+        without.append(ws.timed_run(fn, plain, executes=n))
         _client.run_hooks.append(hook)
         try:
-            with_view.append(timed(fn.run, shown))
-            with_view_replay.append(timed(fn.run, shown))
+            with_view.append(ws.timed_run(fn, shown, executes=n))
+            with_view_replay.append(ws.timed_run(fn, shown, executes=0))
         finally:
             _client.run_hooks.remove(hook)
-        without_replay.append(timed(fn.run, plain))
+        without_replay.append(ws.timed_run(fn, plain, executes=0))
         if not views:
             raise AssertionError("no view was attached through run_hooks")
         for view in views:
