@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from nbdurable import _store
 from nbdurable._clock import SYSTEM_CLOCK, Clock
-from nbdurable._events import Cancel, Concurrency, Event, TriggerCron, TriggerEvent
+from nbdurable._events import Cancel, Concurrency, Event, TriggerCron, TriggerEvent, as_events, resolve_waiters
 from nbdurable._function import Function
 from nbdurable._run import Run
 from nbdurable._serde import check_serializer
 from nbdurable._store import CORRUPT, MISSING, Store
 from nbdurable._types import Backoff, ErrorInfo, RunStatus, StepInfo, StepStatus
 
+if TYPE_CHECKING:
+    from nbdurable._cron import CronScheduler
+
 T = TypeVar("T")
 DEFAULT_STORE = ".nbdurable"
+FAILED_EVENT = "inngest/function.failed"
 
 RunHook = Callable[[Run[Any]], None]
 run_hooks: list[RunHook] = []
@@ -70,6 +76,7 @@ class Client:
         self._store: Store | None = None
         self._runs: dict[tuple[str, str], Run[Any]] = {}
         self._lock = threading.Lock()
+        self._cron: CronScheduler | None = None
 
     def __repr__(self) -> str:
         return f"<nbdurable.Client app_id={self.app_id!r} store={self.store_path!r}>"
@@ -135,6 +142,8 @@ class Client:
                 name=name,
             )
             self.functions[fn_id] = fn
+            if any(isinstance(t, TriggerCron) for t in fn.triggers):
+                self.start_cron()
             return fn
 
         return decorate
@@ -168,8 +177,135 @@ class Client:
         for hook in hooks:
             hook(run)
 
-    def _after_failure(self, fn: Function[Any], run: Run[Any]) -> None:
-        """Runs after a run failed (``on_failure`` handlers hook in here)."""
+    def _after_failure(self, fn: Function[Any], run: Run[Any]) -> Run[Any] | None:
+        """Start the function's ``on_failure`` handler (in the background) after ``run`` failed.
+
+        Its context's ``event`` is ``inngest/function.failed`` with ``error``, ``event``,
+        ``function_id`` and ``run_id`` in its data. One handler run per failed execution.
+        """
+        failure = fn.failure_function
+        if failure is None:
+            return None
+        err = run.error or ErrorInfo("Error", "")
+        data = {
+            "error": {"name": err.name, "message": err.message, "stack": err.stack},
+            "event": run.event.to_dict(),
+            "function_id": fn.id,
+            "run_id": run.id,
+        }
+        try:
+            return failure.start(event=Event(FAILED_EVENT, data), run_id=f"{run.id}-failure-{run.executions}")
+        except Exception as exc:  # noqa: BLE001 - a failing failure handler must not hide the run's error
+            warnings.warn(f"nbdurable: on_failure of {fn.id!r} could not start: {exc!r}", RuntimeWarning, stacklevel=2)
+            return None
+
+    # -- events ------------------------------------------------------------------------------
+
+    async def send(self, events: Event | list[Event]) -> list[str]:
+        """Send events: store them, start the runs they trigger, resolve waits for them.
+
+        Every function of this client whose ``TriggerEvent`` matches (``*`` wildcards,
+        ``expression``) gets a background run (a fresh one per event unless its
+        ``idempotency`` key names an existing run). ``wait_for_event`` steps waiting for a
+        matching event (in this process, or polling the store in another) get it, if they
+        began before it was sent. ``cancel`` options of running runs are applied.
+
+        Args:
+            events: an ``Event`` or a list of them.
+
+        Returns:
+            The events' ids, in order.
+
+        Example:
+            >>> await client.send(nbdurable.Event("app/approved", {"order": 7}))  # doctest: +SKIP
+            ['5f0c...']
+        """
+        return self._send_now(events)
+
+    def send_sync(self, events: Event | list[Event]) -> list[str]:
+        """Send events from sync code; see :meth:`send`.
+
+        Example:
+            >>> client.send_sync([nbdurable.Event("app/approved", {"order": 7})])  # doctest: +SKIP
+        """
+        return self._send_now(events)
+
+    def _send_now(self, events: Event | list[Event]) -> list[str]:
+        items = as_events(events, "send")
+        store = self.store
+        ids = []
+        for event in items:
+            seq = store.next_seq()
+            record = _store.EventRecord(**event.to_dict(), received_at=self.clock.now())
+            store.put_event(self.app_id, seq, record)
+            resolve_waiters(store.path, self.app_id, seq, event)
+            self._cancel_matching(event)
+            self._trigger(event)
+            ids.append(event.id)
+        return ids
+
+    def _cancel_for(self, event: Event, fn: Function[Any], run: Run[Any]) -> bool:
+        """Cancel ``run`` if ``event`` matches one of its function's ``cancel`` options."""
+        if not fn.cancel or run.done:
+            return False
+        age = self.clock.now() - (run.created_at or self.clock.now())
+        for option in fn.cancel:
+            if option.matches(run.event, event, age):
+                run.cancel(f"cancelled by event {event.name!r} ({event.id})")
+                return True
+        return False
+
+    def _cancel_matching(self, event: Event) -> None:
+        with self._lock:
+            live = [r for r in self._runs.values() if not r.done]
+        for run in live:
+            fn = self.functions.get(run.function_id)
+            if fn is not None:
+                self._cancel_for(event, fn, run)
+
+    def _trigger(self, event: Event) -> None:
+        for fn in list(self.functions.values()):
+            if not any(isinstance(t, TriggerEvent) and t.matches(event) for t in fn.triggers):
+                continue
+            if fn.idempotency is not None:
+                run_id = fn.run_id_for(event)
+                stored = self.store.get_run(_store.run_key(self.app_id, fn.id, run_id))
+                if stored is not MISSING and stored is not CORRUPT:
+                    continue  # one run per idempotency key: later events are ignored
+            else:
+                run_id = hashlib.sha256(f"{fn.id}\x00{event.id}".encode()).hexdigest()[:16]
+            fn.start(event=event, run_id=run_id)
+
+    # -- cron --------------------------------------------------------------------------------
+
+    def start_cron(self) -> None:
+        """Start the cron scheduler: ``TriggerCron`` functions run on schedule while it runs.
+
+        It starts by itself when a cron function is created; schedules count from the
+        time it starts. Each run's id is its scheduled time (``2026-01-02T03:04:00Z``).
+
+        Example:
+            >>> client.start_cron()  # doctest: +SKIP
+        """
+        from nbdurable._cron import CronScheduler
+
+        with self._lock:
+            if self._cron is None:
+                self._cron = CronScheduler(self)
+            cron = self._cron
+        if cron.running:
+            cron.refresh()
+        else:
+            cron.start()
+
+    def stop_cron(self) -> None:
+        """Stop the cron scheduler (runs already started continue).
+
+        Example:
+            >>> client.stop_cron()  # doctest: +SKIP
+        """
+        if self._cron is not None:
+            self._cron.stop()
 
     # -- runs in the store -------------------------------------------------------------------
 
@@ -181,6 +317,7 @@ class Client:
         run: Run[Any] = Run(rec.function_id, rec.run_id, Event(ev.name, ev.data, ev.id, ev.ts), app=self.app_id)
         run.client = self
         run.status = _store.effective_status(rec, self.clock.now())
+        run.created_at = rec.created_at
         run.started_at = rec.started_at
         run.ended_at = rec.ended_at
         run.executions = rec.executions

@@ -1,15 +1,19 @@
 """Executing a run: memo lookup, retries, leases, status transitions.
 
 The engine is sans-IO: a step's attempts are a generator that yields actions (call the
-handler, sleep) and receives their outcomes. ``drive_sync`` and ``drive_async`` are the
-only places that call handlers or sleep, so the sync and async faces share every rule.
+handler, sleep, wait for a signal) and receives their outcomes. ``drive_sync`` and
+``drive_async`` are the only places that call handlers, sleep or wait, so the sync and
+async faces share every rule.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import datetime as _dt
+import hashlib
 import logging
+import math
 import threading
 import traceback
 import warnings
@@ -17,9 +21,11 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from nbdurable import _store
+from nbdurable._clock import Signal
+from nbdurable._events import Event, Waiter, add_waiter, remove_waiter
 from nbdurable._fingerprint import fingerprint
 from nbdurable._run import NO_OUTPUT, Run
-from nbdurable._serde import NO_TYPE, PICKLE, Codec, codec_for, json_default_preview, return_annotation
+from nbdurable._serde import JSON, NO_TYPE, PICKLE, Codec, codec_for, json_default_preview, return_annotation
 from nbdurable._store import CORRUPT, MISSING, ErrorRecord, EventRecord, RunRecord, StepRecord
 from nbdurable._types import ErrorInfo, RunStatus, StepInfo, StepStatus
 from nbdurable.errors import (
@@ -55,22 +61,41 @@ INTERRUPTS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorEx
 
 
 class Call:
-    """Call ``fn(*args)`` as the handler of step ``key``; reply ``(True, value)`` or ``(False, exc)``."""
+    """Call ``fn(*args)`` as the handler of step ``key``; reply ``(True, value)`` or ``(False, exc)``.
 
-    __slots__ = ("args", "fn", "key")
+    ``local`` calls run in the driver's own thread or loop, never on the client's executor
+    (the engine's own work, such as sending events).
+    """
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], key: str) -> None:
+    __slots__ = ("args", "fn", "key", "local")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], key: str, local: bool = False) -> None:
         self.fn = fn
         self.args = args
         self.key = key
+        self.local = local
 
 
 class Sleep:
-    """Sleep ``seconds``; reply ``None``."""
+    """Sleep ``seconds`` (a fake clock skips it), less if ``wake`` is set; reply ``None``."""
 
-    __slots__ = ("seconds",)
+    __slots__ = ("seconds", "wake")
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, wake: Signal | None = None) -> None:
+        self.seconds = seconds
+        self.wake = wake
+
+
+class Wait:
+    """Wait until ``signal`` is set or ``seconds`` pass (None: no limit); reply whether it was set.
+
+    Unlike ``Sleep``, a fake clock does not skip it: its time must be moved on.
+    """
+
+    __slots__ = ("seconds", "signal")
+
+    def __init__(self, signal: Signal, seconds: float | None) -> None:
+        self.signal = signal
         self.seconds = seconds
 
 
@@ -99,7 +124,7 @@ class Pending:
         self.info = info
 
 
-Action = Call | Sleep
+Action = Call | Sleep | Wait
 StepGen = Generator[Action, Any, Any]
 
 
@@ -118,8 +143,29 @@ def _error_record(info: ErrorInfo) -> ErrorRecord:
 # --- drivers --------------------------------------------------------------------------------
 
 
+def _loop_here() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def wait_sync(clock: Clock, signal: Signal, seconds: float | None) -> bool:
+    """Block until ``signal`` is set or ``seconds`` pass, keeping this thread's event loop turning."""
+    if _loop_here() is not None:
+        from nbdurable._function import run_blocking
+
+        return run_blocking(clock.await_signal(signal, seconds))
+    return clock.wait(signal, seconds)
+
+
 def drive_sync(ex: Execution, gen: StepGen) -> Any:
-    """Run a step generator in this thread: call handlers, sleep with the injected clock."""
+    """Run a step generator in this thread: call handlers, sleep and wait with the injected clock.
+
+    When this thread runs an event loop (a sync function executed in a Jupyter cell), sleeps
+    and waits keep that loop turning, so background runs on it (e.g. an invoked async
+    child) make progress.
+    """
     reply: Any = None
     try:
         while True:
@@ -127,21 +173,23 @@ def drive_sync(ex: Execution, gen: StepGen) -> Any:
             if isinstance(action, Call):
                 token = _IN_HANDLER.set(action.key)
                 try:
-                    value = ex.call_sync(action.fn, action.args)
+                    value = action.fn(*action.args) if action.local else ex.call_sync(action.fn, action.args)
                     reply = (True, value)
                 except Exception as exc:  # noqa: BLE001 - handed to the engine as data
                     reply = (False, exc)
                 finally:
                     _IN_HANDLER.reset(token)
+            elif isinstance(action, Wait):
+                reply = wait_sync(ex.clock, action.signal, action.seconds)
             else:
-                ex.clock.sleep(action.seconds)
+                ex.clock.sleep(action.seconds, action.wake)
                 reply = None
     except StopIteration as stop:
         return stop.value
 
 
 async def drive_async(ex: Execution, gen: StepGen) -> Any:
-    """Run a step generator as a task: await async handlers, sleep without blocking the loop."""
+    """Run a step generator as a task: await async handlers, sleep and wait without blocking the loop."""
     reply: Any = None
     try:
         while True:
@@ -149,14 +197,18 @@ async def drive_async(ex: Execution, gen: StepGen) -> Any:
             if isinstance(action, Call):
                 token = _IN_HANDLER.set(action.key)
                 try:
-                    value = await ex.call_async(action.fn, action.args)
+                    value = action.fn(*action.args) if action.local else await ex.call_async(action.fn, action.args)
+                    if action.local and asyncio.iscoroutine(value):
+                        value = await value
                     reply = (True, value)
                 except Exception as exc:  # noqa: BLE001 - handed to the engine as data
                     reply = (False, exc)
                 finally:
                     _IN_HANDLER.reset(token)
+            elif isinstance(action, Wait):
+                reply = await ex.clock.await_signal(action.signal, action.seconds)
             else:
-                await ex.clock.asleep(action.seconds)
+                await ex.clock.asleep(action.seconds, action.wake)
                 reply = None
     except StopIteration as stop:
         return stop.value
@@ -260,6 +312,10 @@ class Execution:
                 self.in_flight_before = cur.current_step
                 run.note = "resumed after the previous execution was interrupted"
             self.fresh = got is MISSING
+            if cur is not None and self.fn.idempotency is not None:
+                # One idempotency key, one run: its body sees the event that created it.
+                ev = cur.event
+                run.event = Event(ev.name, ev.data, ev.id, ev.ts)
             base = cur or RunRecord(
                 app=self.client.app_id,
                 function_id=self.fn.id,
@@ -292,6 +348,7 @@ class Execution:
         assert self.record is not None
         self.replaying = not self.fresh
         run.status = RunStatus.RUNNING
+        run.created_at = self.record.created_at
         run.started_at = now
         run.ended_at = None
         run.executions = self.record.executions
@@ -584,7 +641,11 @@ class Execution:
             info.status = StepStatus.RETRYING
             info.deadline = self.clock.now() + delay
             self.run.emit("step_retrying", info)
-            yield Sleep(delay)
+            wake = self.new_signal()
+            try:
+                yield Sleep(delay, wake)
+            finally:
+                self.drop_signal(wake)
 
     def complete(self, p: Pending, value: Any, started: float) -> Any:
         """Store a step's output (on disk before this returns) and give back the stored value."""
@@ -606,6 +667,7 @@ class Execution:
             duration=now - started,
             serializer=p.codec.name,
             fingerprint=p.fp,
+            kind=info.kind,
         )
         self.store.put(self.prefix + p.key, rec, payload)
         self.current = None
@@ -635,6 +697,351 @@ class Execution:
             serializer=p.codec.name,
             fingerprint=p.fp,
             error=_error_record(err),
+            kind=info.kind,
         )
         self.store.put(self.prefix + p.key, rec)
         self.run.emit("step_failed", info)
+
+    # -- sleeps, waits, invokes, sends ---------------------------------------------------------
+
+    def new_signal(self) -> Signal:
+        """A wake-up for one sleep or wait of this run, set by ``Run.cancel()``."""
+        sig = Signal()
+        self.run._signals.add(sig)
+        if self.run._cancel_reason is not None:
+            sig.set()
+        return sig
+
+    def drop_signal(self, sig: Signal) -> None:
+        """Forget a wake-up once its sleep or wait ended."""
+        self.run._signals.discard(sig)
+
+    def check_cancel(self) -> None:
+        """Stop the run here if it was cancelled."""
+        reason = self.run._cancel_reason
+        if reason is not None:
+            raise CancelSignal(reason)
+
+    def set_status(self, status: RunStatus) -> None:
+        """Record that the run sleeps, waits or runs again (views and other processes read it)."""
+        if self.run.status is status:
+            return
+        self.run.status = status
+        now = self.clock.now()
+        with self.lock:
+            if self.ended or self.record is None:
+                return
+            self.record = self.record.model_copy(update={"status": status, "heartbeat_at": now, "updated_at": now})
+            self.store.put(self.key, self.record)
+            self.last_beat = now
+
+    def _special_replay(
+        self, key: str, step_id: str, rec: StepRecord, value: Any, event: str | None = None
+    ) -> Replayed:
+        info = StepInfo(
+            key=key,
+            step_id=step_id,
+            kind=rec.kind,
+            status=StepStatus.REPLAYED,
+            attempts=rec.attempts,
+            max_attempts=1,
+            started_at=rec.started_at,
+            duration=rec.duration,
+            output=value,
+            has_output=True,
+            event=event,
+        )
+        self.add_step(info, "step_replayed")
+        return Replayed(value)
+
+    def _finish_special(self, info: StepInfo, payload: bytes, value: Any, meta: dict[str, Any] | None = None) -> None:
+        now = self.clock.now()
+        started = info.started_at if info.started_at is not None else now
+        rec = StepRecord(
+            status="COMPLETED",
+            kind=info.kind,
+            attempts=1,
+            started_at=started,
+            ended_at=now,
+            duration=now - started,
+            serializer="json",
+            wake_at=info.deadline,
+            meta=meta,
+        )
+        self.store.put(self.prefix + info.key, rec, payload)
+        if self.current is info:
+            self.current = None
+        info.status = StepStatus.COMPLETED
+        info.attempts = 1
+        info.duration = now - started
+        info.output = value
+        info.has_output = True
+        info.deadline = None
+        self.run.emit("step_completed", info)
+
+    def plan_sleep(self, step_id: Any, wake_at: Callable[[float], float], tool: str) -> Replayed | StepGen:
+        """Replay a finished sleep, or plan one: its wake time is stored at first execution."""
+        key = self.step_key(step_id, tool)
+        got = self.lookup(key)
+        if got is not None and got[0].status == "COMPLETED":
+            return self._special_replay(key, step_id, got[0], None)
+        self.replaying = False
+        if got is not None and got[0].status == "SLEEPING" and got[0].wake_at is not None:
+            started, until = got[0].started_at, got[0].wake_at
+        else:
+            started = self.clock.now()
+            until = wake_at(started)
+            rec = StepRecord(status="SLEEPING", kind="sleep", started_at=started, wake_at=until)
+            self.store.put(self.prefix + key, rec)
+        return self._sleep(key, step_id, started, until)
+
+    def _sleep(self, key: str, step_id: str, started: float, until: float) -> StepGen:
+        info = StepInfo(
+            key=key,
+            step_id=step_id,
+            kind="sleep",
+            status=StepStatus.SLEEPING,
+            attempts=1,
+            started_at=started,
+            deadline=until,
+        )
+        self.add_step(info, "step_sleeping")
+        self.current = info
+        wake = self.new_signal()
+        try:
+            self.set_status(RunStatus.SLEEPING)
+            while (left := until - self.clock.now()) > 0:
+                self.check_cancel()
+                yield Sleep(left, wake)
+            self.check_cancel()
+        finally:
+            self.drop_signal(wake)
+        self.set_status(RunStatus.RUNNING)
+        self._finish_special(info, b"null", None)
+
+    def plan_wait(self, step_id: Any, event: Any, if_exp: Any, timeout: float) -> Replayed | StepGen:
+        """Replay a finished ``wait_for_event`` (its event or None), or plan the wait."""
+        key = self.step_key(step_id, "wait_for_event")
+        got = self.lookup(key)
+        if got is not None and got[0].status == "COMPLETED":
+            data = JSON.loads(got[1]) if got[1] else None
+            value = Event(**data) if isinstance(data, dict) else None
+            return self._special_replay(key, step_id, got[0], value, event)
+        self.replaying = False
+        meta = got[0].meta if got is not None and got[0].status == "WAITING" else None
+        if got is not None and meta is not None and got[0].wake_at is not None:
+            started, deadline, after = got[0].started_at, got[0].wake_at, int(meta.get("after", 0))
+        else:
+            started = self.clock.now()
+            deadline = started + timeout
+            after = self.store.last_seq()
+            meta = {"event": event, "if_exp": if_exp, "after": after}
+            rec = StepRecord(status="WAITING", kind="wait", started_at=started, wake_at=deadline, meta=meta)
+            self.store.put(self.prefix + key, rec)
+        return self._wait(key, step_id, event, if_exp, started, deadline, after)
+
+    POLL = 1.0
+    """Seconds between looks in the store for events sent by other processes."""
+
+    def _wait(
+        self, key: str, step_id: str, name: str, if_exp: str | None, started: float, deadline: float, after: int
+    ) -> StepGen:
+        info = StepInfo(
+            key=key,
+            step_id=step_id,
+            kind="wait",
+            status=StepStatus.WAITING,
+            attempts=1,
+            started_at=started,
+            deadline=deadline,
+            event=name,
+        )
+        self.add_step(info, "step_waiting")
+        self.current = info
+        wake = self.new_signal()
+        waiter = Waiter(name, if_exp, self.run.event.to_dict(), after, wake)
+        app = self.client.app_id
+        add_waiter(self.store.path, app, waiter)
+        found: Event | None = None
+        try:
+            self.set_status(RunStatus.WAITING)
+            last = after
+            while True:
+                # The store first: events sent while no process waited (kernel down) or by
+                # another process; then the ones sent in this process.
+                for seq, rec in self.store.events_after(app, last):
+                    last = seq
+                    candidate = Event(rec.name, rec.data, rec.id, rec.ts)
+                    if rec.received_at is not None and rec.received_at > deadline:
+                        continue
+                    if found is None and waiter.matches(candidate):
+                        found = candidate
+                    self.client._cancel_for(candidate, self.fn, self.run)
+                if found is None:
+                    found = waiter.event
+                self.check_cancel()
+                left = deadline - self.clock.now()
+                if found is not None or left <= 0:
+                    break
+                yield Wait(wake, min(left, self.POLL))
+        finally:
+            remove_waiter(self.store.path, app, waiter)
+            self.drop_signal(wake)
+        self.set_status(RunStatus.RUNNING)
+        payload = JSON.dumps(found.to_dict() if found is not None else None, key)
+        self._finish_special(info, payload, found, {"event": name, "if_exp": if_exp, "after": after})
+        return found
+
+    def plan_invoke(self, step_id: Any, function: Function[Any], data: dict[str, Any], timeout: float | None) -> Any:
+        """Replay a finished ``invoke`` (the child's output), or plan starting the child run."""
+        key = self.step_key(step_id, "invoke")
+        codec = codec_for(self.serializer, function.output_type if function.output_type is not None else NO_TYPE)
+        got = self.lookup(key)
+        if got is not None and got[0].status == "COMPLETED":
+            codec = PICKLE if got[0].serializer == "pickle" else codec
+            return self._special_replay(key, step_id, got[0], codec.loads(got[1]))
+        self.replaying = False
+        basis = f"{self.fn.id}\x00{self.run.id}\x00{key}"
+        child_id = hashlib.sha256(basis.encode()).hexdigest()[:16]
+        return self._invoke(key, step_id, function, data, timeout, child_id, codec)
+
+    def _invoke(
+        self,
+        key: str,
+        step_id: str,
+        function: Function[Any],
+        data: dict[str, Any],
+        timeout: float | None,
+        child_id: str,
+        codec: Codec,
+    ) -> StepGen:
+        started = self.clock.now()
+        deadline = started + timeout if timeout is not None else None
+        info = StepInfo(
+            key=key,
+            step_id=step_id,
+            kind="invoke",
+            status=StepStatus.RUNNING,
+            attempts=1,
+            started_at=started,
+            deadline=deadline,
+            note=f"run {child_id} of {function.id}",
+        )
+        self.add_step(info, "step_started")
+        self.current = info
+        child = function.start(event=Event("inngest/function.invoked", data), run_id=child_id)
+        wake = self.new_signal()
+        child._add_done_callback(wake.set)
+        try:
+            while not child.done:
+                self.check_cancel()
+                left = None if deadline is None else deadline - self.clock.now()
+                if left is not None and left <= 0:
+                    break
+                yield Wait(wake, left)
+            self.check_cancel()
+        finally:
+            self.drop_signal(wake)
+        pending = Pending(key, function.handler, (), codec, None, info)
+        if not child.done:
+            exc: Exception = TimeoutError(
+                f"invoked function {function.id!r} (run {child_id!r}) did not finish within {timeout} s"
+            )
+        else:
+            try:
+                value = child._result()
+            except Exception as err:  # noqa: BLE001 - the child's failure becomes this step's
+                exc = err
+            else:
+                meta = {"function_id": function.id, "run_id": child_id}
+                payload = codec.dumps(value, key)
+                out = codec.loads(payload)
+                info.deadline = None
+                self._finish_invoke(info, payload, out, codec, meta)
+                return out
+        info.error = _error_info(exc)
+        info.deadline = None
+        self.fail(pending, started)
+        raise StepError(str(exc), type(exc).__name__, info.error.stack, key) from exc
+
+    def _finish_invoke(self, info: StepInfo, payload: bytes, value: Any, codec: Codec, meta: dict[str, Any]) -> None:
+        now = self.clock.now()
+        started = info.started_at if info.started_at is not None else now
+        rec = StepRecord(
+            status="COMPLETED",
+            kind="invoke",
+            started_at=started,
+            ended_at=now,
+            duration=now - started,
+            serializer=codec.name,
+            meta=meta,
+        )
+        self.store.put(self.prefix + info.key, rec, payload)
+        self.current = None
+        info.status = StepStatus.COMPLETED
+        info.duration = now - started
+        info.output = value
+        info.has_output = True
+        self.run.emit("step_completed", info)
+
+    def plan_send(self, step_id: Any, events: list[Event]) -> Replayed | StepGen:
+        """Replay a ``send_event`` (the stored ids: nothing is sent again), or plan sending."""
+        key = self.step_key(step_id, "send_event")
+        got = self.lookup(key)
+        if got is not None and got[0].status == "COMPLETED":
+            return self._special_replay(key, step_id, got[0], JSON.loads(got[1]))
+        self.replaying = False
+        info = StepInfo(key=key, step_id=step_id, kind="send", max_attempts=self.max_attempts)
+        pending = Pending(key, self.client._send_now, (events,), JSON, None, info)
+        return self._send(pending)
+
+    def _send(self, p: Pending) -> StepGen:
+        info = p.info
+        self.add_step(info, "step_started")
+        failures = 0
+        while True:
+            info.attempts += 1
+            started = info.started_at = self.clock.now()
+            ok, value = yield Call(p.handler, p.args, p.key, local=True)
+            if ok:
+                return self.complete(p, value, started)
+            failures += 1
+            info.error = _error_info(value)
+            if failures >= self.max_attempts:
+                self.fail(p, started)
+                raise StepError(str(value), type(value).__name__, info.error.stack, p.key) from value
+            wake = self.new_signal()
+            try:
+                yield Sleep(self.backoff.delay(failures), wake)
+            finally:
+                self.drop_signal(wake)
+            self.check_cancel()
+
+
+def duration_seconds(value: Any, what: str) -> float:
+    """Milliseconds (int) or a ``timedelta`` as seconds; a clear error naming ``what`` otherwise."""
+    if isinstance(value, _dt.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        seconds = value / 1000.0
+    else:
+        msg = (
+            f"{what} must be milliseconds (int) or a datetime.timedelta, got {type(value).__name__} {value!r:.60}. "
+            "Fix: e.g. 60_000 or datetime.timedelta(minutes=1)."
+        )
+        raise TypeError(msg)
+    if seconds < 0:
+        msg = f"{what} must not be negative, got {value!r}"
+        raise ValueError(msg)
+    return seconds
+
+
+def timestamp_of(value: Any, what: str) -> float:
+    """A ``datetime`` as epoch seconds (naive means local time, as ``datetime.timestamp``)."""
+    if not isinstance(value, _dt.datetime):
+        msg = (
+            f"{what} must be a datetime.datetime, got {type(value).__name__} {value!r:.60}. "
+            "Fix: e.g. datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)."
+        )
+        raise TypeError(msg)
+    return value.timestamp()

@@ -1,13 +1,22 @@
-"""Events and triggers: ``Event``, ``TriggerEvent``, ``TriggerCron``, ``Cancel``, ``Concurrency``."""
+"""Events and triggers: ``Event``, ``TriggerEvent``, ``TriggerCron``, ``Cancel``, ``Concurrency``.
+
+Also the in-process registry of ``wait_for_event`` waiters that ``Client.send`` resolves.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import json
+import re
+import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nbdurable._clock import Signal
 
 
 def _now_ms() -> int:
@@ -83,6 +92,16 @@ class TriggerEvent:
     event: str
     expression: str | None = None
 
+    def __post_init__(self) -> None:
+        _check_name(self.event, "TriggerEvent event")
+        _check_cel(self.expression, f"TriggerEvent({self.event!r}) expression")
+
+    def matches(self, event: Event) -> bool:
+        """Whether ``event`` starts a run: the name matches and the expression is true."""
+        if not name_matches(self.event, event.name):
+            return False
+        return self.expression is None or _truthy(self.expression, event=event.to_dict())
+
 
 @dataclasses.dataclass(frozen=True)
 class TriggerCron:
@@ -93,6 +112,13 @@ class TriggerCron:
     """
 
     cron: str
+
+    def __post_init__(self) -> None:
+        from croniter import croniter
+
+        if not isinstance(self.cron, str) or not croniter.is_valid(self.cron):
+            msg = f"TriggerCron: invalid cron expression {self.cron!r}. Fix: e.g. '*/5 * * * *' (every 5 minutes)."
+            raise ValueError(msg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +135,25 @@ class Cancel:
     if_exp: str | None = None
     timeout: int | _dt.timedelta | None = None
 
+    def __post_init__(self) -> None:
+        _check_name(self.event, "Cancel event")
+        _check_cel(self.if_exp, f"Cancel({self.event!r}) if_exp")
+        if self.timeout is not None:
+            from nbdurable._engine import duration_seconds
+
+            duration_seconds(self.timeout, f"Cancel({self.event!r}) timeout")
+
+    def matches(self, trigger: Event, candidate: Event, run_age: float) -> bool:
+        """Whether ``candidate`` cancels a run triggered by ``trigger`` that started ``run_age`` s ago."""
+        if candidate.name != self.event:
+            return False
+        if self.timeout is not None:
+            from nbdurable._engine import duration_seconds
+
+            if run_age > duration_seconds(self.timeout, "timeout"):
+                return False
+        return self.if_exp is None or _truthy(self.if_exp, event=trigger.to_dict(), async_=candidate.to_dict())
+
 
 @dataclasses.dataclass(frozen=True)
 class Concurrency:
@@ -121,3 +166,129 @@ class Concurrency:
 
     limit: int
     key: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+            msg = f"Concurrency limit must be an int >= 1, got {self.limit!r}"
+            raise ValueError(msg)
+        _check_cel(self.key, "Concurrency key")
+
+    def group(self, event: Event) -> str:
+        """The concurrency group of a run: the key's value for its event ("" without a key)."""
+        if self.key is None:
+            return ""
+        from nbdurable._cel import evaluate
+
+        return json.dumps(evaluate(self.key, event=event.to_dict()), sort_keys=True, default=str)
+
+
+# --- matching -------------------------------------------------------------------------------
+
+
+def _check_name(name: Any, what: str) -> None:
+    if not isinstance(name, str) or not name:
+        msg = f"{what} must be a non-empty str, got {name!r}"
+        raise ValueError(msg)
+
+
+def _check_cel(expr: Any, what: str) -> None:
+    """Compile a CEL expression now, so a typo fails where it is written, not when events arrive."""
+    if expr is None:
+        return
+    from nbdurable._cel import compile_cel
+
+    try:
+        compile_cel(expr)
+    except ValueError as exc:
+        msg = f"{what}: {exc}"
+        raise ValueError(msg) from None
+
+
+def _truthy(expr: str, **variables: dict[str, Any]) -> bool:
+    from nbdurable._cel import evaluate
+
+    return evaluate(expr, **variables) is True
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")))
+
+
+def name_matches(pattern: str, name: str) -> bool:
+    """Whether an event name matches a trigger pattern (``*`` matches any characters).
+
+    Example:
+        >>> name_matches("app/*", "app/user.signup"), name_matches("app/a", "app/b")
+        (True, False)
+    """
+    if "*" not in pattern:
+        return pattern == name
+    return _pattern(pattern).fullmatch(name) is not None
+
+
+def as_events(events: Any, what: str) -> list[Event]:
+    """An ``Event`` or a list of them, checked; a clear ``TypeError`` otherwise."""
+    items = events if isinstance(events, list | tuple) else [events]
+    for item in items:
+        if not isinstance(item, Event):
+            msg = (
+                f"{what} takes an nbdurable.Event or a list of them, got {type(item).__name__} {item!r:.60}. "
+                "Fix: e.g. nbdurable.Event(name='app/approved', data={'id': 1})."
+            )
+            raise TypeError(msg)
+    return list(items)
+
+
+# --- waiters --------------------------------------------------------------------------------
+
+
+class Waiter:
+    """A ``wait_for_event`` in flight in this process, resolved by ``Client.send``."""
+
+    __slots__ = ("after", "event", "if_exp", "name", "signal", "trigger")
+
+    def __init__(self, name: str, if_exp: str | None, trigger: dict[str, Any], after: int, signal: Signal) -> None:
+        self.name = name
+        self.if_exp = if_exp
+        self.trigger = trigger
+        self.after = after
+        self.signal = signal
+        self.event: Event | None = None
+
+    def matches(self, candidate: Event) -> bool:
+        """Whether ``candidate`` is the awaited event."""
+        if candidate.name != self.name:
+            return False
+        return self.if_exp is None or _truthy(self.if_exp, event=self.trigger, async_=candidate.to_dict())
+
+
+_waiters: dict[tuple[str, str], list[Waiter]] = {}
+_waiters_lock = threading.Lock()
+
+
+def add_waiter(store: str, app: str, waiter: Waiter) -> None:
+    """Register a wait so events sent in this process resolve it."""
+    with _waiters_lock:
+        _waiters.setdefault((store, app), []).append(waiter)
+
+
+def remove_waiter(store: str, app: str, waiter: Waiter) -> None:
+    """Unregister a wait that ended."""
+    with _waiters_lock:
+        group = _waiters.get((store, app), [])
+        if waiter in group:
+            group.remove(waiter)
+
+
+def resolve_waiters(store: str, app: str, seq: int, event: Event) -> int:
+    """Hand ``event`` (sequence number ``seq``) to every matching wait that began before it."""
+    with _waiters_lock:
+        group = list(_waiters.get((store, app), []))
+    woken = 0
+    for waiter in group:
+        if waiter.event is None and waiter.after < seq and waiter.matches(event):
+            waiter.event = event
+            waiter.signal.set()
+            woken += 1
+    return woken

@@ -8,11 +8,13 @@ import functools
 import hashlib
 import inspect
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from nbdurable import _store
-from nbdurable._engine import Execution
+from nbdurable._clock import Signal
+from nbdurable._engine import CancelSignal, Execution, wait_sync
 from nbdurable._events import Cancel, Concurrency, Event, TriggerCron, TriggerEvent, canonical_json
 from nbdurable._run import NO_OUTPUT, Run
 from nbdurable._serde import check_serializer
@@ -24,6 +26,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 ON_CHANGE = ("warn", "rerun", "ignore")
+
+
+_TEMPORARY_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+"""Loops ``run_blocking`` made for one call: background runs must not become their tasks."""
 
 
 def run_blocking(awaitable: Awaitable[T]) -> T:
@@ -39,7 +45,41 @@ def run_blocking(awaitable: Awaitable[T]) -> T:
 
 
 async def _as_coroutine(awaitable: Awaitable[T]) -> T:
+    _TEMPORARY_LOOPS.add(asyncio.get_running_loop())
     return await awaitable
+
+
+class _Slots:
+    """In-process concurrency limits: runs take every slot they need at once, or queue."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._used: dict[tuple[str, int, str], int] = {}
+        self._queued: dict[tuple[str, int, str], list[Signal]] = {}
+
+    def take(self, keys: list[tuple[tuple[str, int, str], int]], wake: Signal) -> bool:
+        """Take a slot of every key, or none and queue ``wake`` to be set when one frees."""
+        with self._lock:
+            for key, limit in keys:
+                if self._used.get(key, 0) >= limit:
+                    self._queued.setdefault(key, []).append(wake)
+                    return False
+            for key, _ in keys:
+                self._used[key] = self._used.get(key, 0) + 1
+            return True
+
+    def give_back(self, keys: list[tuple[tuple[str, int, str], int]]) -> None:
+        """Free the slots a run took and wake the runs queued for them."""
+        woken: list[Signal] = []
+        with self._lock:
+            for key, _ in keys:
+                self._used[key] -= 1
+                woken += self._queued.pop(key, [])
+        for wake in woken:
+            wake.set()
+
+
+SLOTS = _Slots()
 
 
 class Function(Generic[T]):
@@ -89,7 +129,17 @@ class Function(Generic[T]):
         if idempotency is not None:
             from nbdurable._cel import compile_cel
 
-            compile_cel(idempotency)
+            try:
+                compile_cel(idempotency)
+            except ValueError as exc:
+                msg = f"function {fn_id!r} idempotency: {exc}"
+                raise ValueError(msg) from None
+        _check_list(fn_id, "trigger", trigger, (TriggerEvent, TriggerCron), "nbdurable.TriggerEvent('app/x')")
+        _check_list(fn_id, "cancel", cancel, (Cancel,), "[nbdurable.Cancel(event='app/stop')]")
+        _check_list(fn_id, "concurrency", concurrency, (Concurrency,), "[nbdurable.Concurrency(limit=2)]")
+        if on_failure is not None and not callable(on_failure):
+            msg = f"function {fn_id!r}: on_failure must be a function taking ctx, got {on_failure!r:.60}"
+            raise TypeError(msg)
         self.client = client
         self.handler = handler
         self.id = fn_id
@@ -105,6 +155,10 @@ class Function(Generic[T]):
         self.serializer = serializer
         self.on_change = on_change
         self.is_async = inspect.iscoroutinefunction(handler)
+        self.failure_function: Function[Any] | None = None
+        """The durable function running ``on_failure`` (id ``"{fn_id}-failure"``)."""
+        if on_failure is not None:
+            self.failure_function = Function(client, on_failure, fn_id=f"{fn_id}-failure", retries=retries)
         functools.update_wrapper(self, handler)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
@@ -166,28 +220,77 @@ class Function(Generic[T]):
         try:
             result = ex.end(output, exc)
         except BaseException as err:
-            self.client._release_run(ex.run, NO_OUTPUT, err)
             if ex.run.status is RunStatus.FAILED:
                 self.client._after_failure(self, ex.run)
+            self.client._release_run(ex.run, NO_OUTPUT, err)
             raise
         self.client._release_run(ex.run, result, None)
         return result  # type: ignore[no-any-return]
 
+    def _slot_keys(self, run: Run[T]) -> list[tuple[tuple[str, int, str], int]]:
+        return [
+            ((f"{self.client.store_path}\x00{self.id}", i, c.group(run.event)), c.limit)
+            for i, c in enumerate(self.concurrency)
+        ]
+
+    def _queue_sync(self, run: Run[T], keys: list[tuple[tuple[str, int, str], int]]) -> bool:
+        """Wait for concurrency slots; False when the run was cancelled while queued."""
+        while run._cancel_reason is None:
+            wake = Signal()
+            run._signals.add(wake)
+            try:
+                if SLOTS.take(keys, wake):
+                    return True
+                run.status = RunStatus.QUEUED
+                wait_sync(self.client.clock, wake, None)
+            finally:
+                run._signals.discard(wake)
+        return False
+
+    async def _queue_async(self, run: Run[T], keys: list[tuple[tuple[str, int, str], int]]) -> bool:
+        while run._cancel_reason is None:
+            wake = Signal()
+            run._signals.add(wake)
+            try:
+                if SLOTS.take(keys, wake):
+                    return True
+                run.status = RunStatus.QUEUED
+                await self.client.clock.await_signal(wake, None)
+            finally:
+                run._signals.discard(wake)
+        return False
+
     def _execute_sync(self, run: Run[T]) -> T:
-        ex, ctx = self._open(run)
+        keys = self._slot_keys(run) if self.concurrency else []
+        if keys and not self._queue_sync(run, keys):
+            ex, _ = self._open(run)
+            return self._close(ex, NO_OUTPUT, CancelSignal(run._cancel_reason or "cancelled"))
         try:
-            output = self.handler(ctx)
-        except BaseException as exc:  # noqa: BLE001 - the engine decides what each means
-            return self._close(ex, NO_OUTPUT, exc)
-        return self._close(ex, output, None)
+            ex, ctx = self._open(run)
+            try:
+                output = self.handler(ctx)
+            except BaseException as exc:  # noqa: BLE001 - the engine decides what each means
+                return self._close(ex, NO_OUTPUT, exc)
+            return self._close(ex, output, None)
+        finally:
+            if keys:
+                SLOTS.give_back(keys)
 
     async def _execute_async(self, run: Run[T]) -> T:
-        ex, ctx = self._open(run)
+        keys = self._slot_keys(run) if self.concurrency else []
+        if keys and not await self._queue_async(run, keys):
+            ex, _ = self._open(run)
+            return self._close(ex, NO_OUTPUT, CancelSignal(run._cancel_reason or "cancelled"))
         try:
-            output = await self.handler(ctx)
-        except BaseException as exc:  # noqa: BLE001 - the engine decides what each means
-            return self._close(ex, NO_OUTPUT, exc)
-        return self._close(ex, output, None)
+            ex, ctx = self._open(run)
+            try:
+                output = await self.handler(ctx)
+            except BaseException as exc:  # noqa: BLE001 - the engine decides what each means
+                return self._close(ex, NO_OUTPUT, exc)
+            return self._close(ex, output, None)
+        finally:
+            if keys:
+                SLOTS.give_back(keys)
 
     def run(self, data: dict[str, Any] | None = None, *, run_id: str | None = None, event: Event | None = None) -> T:
         """Execute the run to the end and return its output (blocking, also in Jupyter).
@@ -237,7 +340,8 @@ class Function(Generic[T]):
         """Start the run in the background and return its ``Run`` at once.
 
         An async function runs as a task on the running loop (the kernel's, in Jupyter),
-        else in a thread; a sync function runs in a worker thread.
+        else in a thread with its own loop; a sync function runs in a worker thread. Either
+        way the caller (the kernel) stays free. ``Run.cancel()`` stops it between steps.
 
         Example:
             >>> run = fn.start({"user_id": 1}); run.wait()  # doctest: +SKIP
@@ -250,7 +354,7 @@ class Function(Generic[T]):
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 loop = None
-            if loop is not None:
+            if loop is not None and loop not in _TEMPORARY_LOOPS:
                 run._task = loop.create_task(_quietly(self._execute_async(run)))
                 return run
             target: Callable[[], Any] = lambda: asyncio.run(_quietly(self._execute_async(run)))  # noqa: E731
@@ -292,3 +396,15 @@ async def _quietly(coro: Coroutine[Any, Any, Any]) -> None:
 def _quietly_sync(fn: Callable[[Run[Any]], Any], run: Run[Any]) -> None:
     with contextlib.suppress(BaseException):  # already recorded in the Run
         fn(run)
+
+
+def _check_list(fn_id: str, what: str, value: Any, types: tuple[type, ...], example: str) -> None:
+    items = value if isinstance(value, list) else [value] if value is not None else []
+    for item in items:
+        if not isinstance(item, types):
+            names = " or ".join(t.__name__ for t in types)
+            msg = (
+                f"function {fn_id!r}: {what} takes {names} objects, got {type(item).__name__} {item!r:.60}. "
+                f"Fix: e.g. {what}={example}"
+            )
+            raise TypeError(msg)

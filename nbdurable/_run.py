@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from nbdurable._types import ErrorInfo, RunStatus, StepInfo, StepStatus
 
 if TYPE_CHECKING:
+    from nbdurable._clock import Signal
     from nbdurable._events import Event
 
 T = TypeVar("T")
@@ -51,6 +52,7 @@ class Run(Generic[T]):
         self.steps: list[StepInfo] = []
         self.error: ErrorInfo | None = None
         self.failed_step: str | None = None
+        self.created_at: float | None = None
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.executions = 0
@@ -64,6 +66,8 @@ class Run(Generic[T]):
         self._cancel_reason: str | None = None
         self.client: Any = None
         """The ``Client`` the run belongs to (set by the client; the view's "send" button uses it)."""
+        self._signals: set[Signal] = set()
+        self._done_callbacks: list[Callable[[], None]] = []
 
     # -- state -------------------------------------------------------------------------------
 
@@ -133,6 +137,16 @@ class Run(Generic[T]):
         self._output = output
         self._exception = exception
         self._done.set()
+        callbacks, self._done_callbacks = self._done_callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def _add_done_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from the finishing thread) when the execution in flight ends."""
+        self._done_callbacks.append(callback)
+        if self.done and callback in self._done_callbacks:
+            self._done_callbacks.remove(callback)
+            callback()
 
     def _result(self) -> T:
         if self._exception is not None:
@@ -176,8 +190,48 @@ class Run(Generic[T]):
         return self._result()
 
     def cancel(self, reason: str = "cancelled by Run.cancel()") -> None:
-        """Stop the run between steps; its status becomes CANCELLED."""
+        """Stop the run between steps; its status becomes CANCELLED.
+
+        A step handler that is executing finishes first; a sleep, a wait for an event or a
+        retry delay ends at once. The run's ``wait()`` then raises ``RunCancelledError``.
+        Nothing happens to a run that no execution in this process is executing.
+
+        Example:
+            >>> run = fn.start({"x": 1}); run.cancel(); run.wait()  # doctest: +SKIP
+            Traceback (most recent call last):
+            RunCancelledError: run '...' of 'fn' was cancelled: cancelled by Run.cancel()
+        """
+        if self.done:
+            return
         self._cancel_reason = reason
+        for signal in tuple(self._signals):
+            signal.set()
+
+    def send_awaited(self, step: StepInfo, data: dict[str, Any] | None = None) -> list[str]:
+        """Send the event a waiting step awaits (the "send" button of the run view).
+
+        Args:
+            step: a step of this run waiting for an event (``step.event`` is its name).
+            data: the event data; by default the data of the run's triggering event.
+
+        Returns:
+            The ids of the events sent.
+
+        Example:
+            >>> waiting = [s for s in run.steps if s.status is StepStatus.WAITING]  # doctest: +SKIP
+            >>> run.send_awaited(waiting[0])  # doctest: +SKIP
+        """
+        from nbdurable._events import Event
+
+        if step.event is None:
+            msg = f"step {step.key!r} of run {self.id!r} does not wait for an event"
+            raise ValueError(msg)
+        send_sync = getattr(self.client, "send_sync", None)
+        if send_sync is None:
+            msg = f"run {self.id!r} has no client to send events with"
+            raise RuntimeError(msg)
+        ids: list[str] = send_sync(Event(step.event, dict(self.event.data if data is None else data)))
+        return ids
 
     # -- display -----------------------------------------------------------------------------
 

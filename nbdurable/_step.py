@@ -4,17 +4,63 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from nbdurable._engine import Execution, Replayed, drive_async, drive_sync
+from nbdurable._engine import Execution, Replayed, StepGen, drive_async, drive_sync, duration_seconds, timestamp_of
+from nbdurable._events import Event, as_events
 
 if TYPE_CHECKING:
-    from nbdurable._events import Event
+    import datetime as _dt
+
+    from nbdurable._function import Function
 
 T = TypeVar("T")
+
+
+def _plan_sleep(ex: Execution, step_id: str, duration: Any) -> Replayed | StepGen:
+    seconds = duration_seconds(duration, f"step.sleep({step_id!r}) duration")
+    return ex.plan_sleep(step_id, lambda now: now + seconds, "sleep")
+
+
+def _plan_sleep_until(ex: Execution, step_id: str, until: Any) -> Replayed | StepGen:
+    ts = timestamp_of(until, f"step.sleep_until({step_id!r}) until")
+    return ex.plan_sleep(step_id, lambda _now: ts, "sleep_until")
+
+
+def _plan_wait(ex: Execution, step_id: str, event: Any, if_exp: Any, timeout: Any) -> Replayed | StepGen:
+    what = f"step.wait_for_event({step_id!r})"
+    if not isinstance(event, str) or not event:
+        msg = f"{what}: event must be a non-empty event name, got {event!r}. Fix: event='app/approved'"
+        raise ValueError(msg)
+    if if_exp is not None:
+        from nbdurable._cel import compile_cel
+
+        try:
+            compile_cel(if_exp)
+        except ValueError as exc:
+            msg = f"{what} if_exp: {exc}"
+            raise ValueError(msg) from None
+    seconds = duration_seconds(timeout, f"{what} timeout")
+    return ex.plan_wait(step_id, event, if_exp, seconds)
+
+
+def _plan_invoke(ex: Execution, step_id: str, function: Any, data: Any, timeout: Any) -> Any:
+    from nbdurable._function import Function
+
+    what = f"step.invoke({step_id!r})"
+    if not isinstance(function, Function):
+        msg = (
+            f"{what}: function must be a durable function (made with create_function), got "
+            f"{type(function).__name__} {function!r:.60}. Fix: step.invoke({step_id!r}, function=my_fn, data={{...}})"
+        )
+        raise TypeError(msg)
+    Event("inngest/function.invoked", data or {})  # checks the data is JSON now
+    seconds = None if timeout is None else duration_seconds(timeout, f"{what} timeout")
+    return ex.plan_invoke(step_id, function, dict(data or {}), seconds)
 
 
 class Step:
@@ -49,6 +95,90 @@ class Step:
             return plan.value  # type: ignore[no-any-return]
         return await drive_async(self._ex, self._ex.attempts(plan))  # type: ignore[arg-type, no-any-return]
 
+    async def sleep(self, step_id: str, duration: int | _dt.timedelta) -> None:
+        """Pause the run; the wake time is stored, so a later execution waits only the rest.
+
+        The kernel stays free while the run sleeps (it is a task awaiting a timer).
+
+        Args:
+            step_id: the step's id.
+            duration: milliseconds (int) or a ``timedelta``.
+
+        Example:
+            >>> await ctx.step.sleep("cool-down", datetime.timedelta(minutes=5))  # doctest: +SKIP
+        """
+        plan = _plan_sleep(self._ex, step_id, duration)
+        if type(plan) is not Replayed:
+            await drive_async(self._ex, plan)  # type: ignore[arg-type]
+
+    async def sleep_until(self, step_id: str, until: _dt.datetime) -> None:
+        """Pause the run until a wall time (a naive datetime is local time).
+
+        Example:
+            >>> await ctx.step.sleep_until("tomorrow", tomorrow_9am)  # doctest: +SKIP
+        """
+        plan = _plan_sleep_until(self._ex, step_id, until)
+        if type(plan) is not Replayed:
+            await drive_async(self._ex, plan)  # type: ignore[arg-type]
+
+    async def wait_for_event(
+        self, step_id: str, *, event: str, if_exp: str | None = None, timeout: int | _dt.timedelta
+    ) -> Event | None:
+        """Wait for an event sent after this wait began; ``None`` after ``timeout``.
+
+        The result is stored either way: a later execution returns it at once.
+
+        Args:
+            step_id: the step's id.
+            event: the awaited event's name.
+            if_exp: CEL over ``event`` (the run's triggering event) and ``async`` (the
+                candidate), e.g. ``"event.data.order_id == async.data.order_id"``.
+            timeout: milliseconds (int) or a ``timedelta``.
+
+        Example:
+            >>> approval = await ctx.step.wait_for_event(
+            ...     "approval", event="app/approved", timeout=datetime.timedelta(hours=1)
+            ... )  # doctest: +SKIP
+        """
+        plan = _plan_wait(self._ex, step_id, event, if_exp, timeout)
+        if type(plan) is Replayed:
+            return plan.value  # type: ignore[no-any-return]
+        return await drive_async(self._ex, plan)  # type: ignore[arg-type, no-any-return]
+
+    async def invoke(
+        self,
+        step_id: str,
+        *,
+        function: Function[T],
+        data: dict[str, Any] | None = None,
+        timeout: int | _dt.timedelta | None = None,
+    ) -> T:
+        """Run another durable function as a child run and return its output.
+
+        The child's run id is derived from this run and the step, so a re-execution finds
+        the same child. Its failure (or not finishing within ``timeout``) raises
+        ``StepError`` here.
+
+        Example:
+            >>> total = await ctx.step.invoke("sum", function=add, data={"a": 1, "b": 2})  # doctest: +SKIP
+        """
+        plan = _plan_invoke(self._ex, step_id, function, data, timeout)
+        if type(plan) is Replayed:
+            return plan.value  # type: ignore[no-any-return]
+        return await drive_async(self._ex, plan)  # type: ignore[no-any-return]
+
+    async def send_event(self, step_id: str, events: Event | list[Event]) -> list[str]:
+        """Send events once: a replayed run returns the stored ids without sending again.
+
+        Example:
+            >>> ids = await ctx.step.send_event("notify", nbdurable.Event("app/done", {"id": 1}))  # doctest: +SKIP
+        """
+        items = as_events(events, f"step.send_event({step_id!r})")
+        plan = self._ex.plan_send(step_id, items)
+        if type(plan) is Replayed:
+            return plan.value  # type: ignore[no-any-return]
+        return await drive_async(self._ex, plan)  # type: ignore[arg-type, no-any-return]
+
 
 class StepSync:
     """Step tools of a sync durable function (``ctx.step``)."""
@@ -76,6 +206,90 @@ class StepSync:
             return plan.value  # type: ignore[no-any-return]
         return drive_sync(self._ex, self._ex.attempts(plan))  # type: ignore[arg-type, no-any-return]
 
+    def sleep(self, step_id: str, duration: int | _dt.timedelta) -> None:
+        """Pause the run; the wake time is stored, so a later execution waits only the rest.
+
+        A run started with ``start()`` sleeps in its worker thread; the kernel stays free.
+
+        Args:
+            step_id: the step's id.
+            duration: milliseconds (int) or a ``timedelta``.
+
+        Example:
+            >>> ctx.step.sleep("cool-down", datetime.timedelta(minutes=5))  # doctest: +SKIP
+        """
+        plan = _plan_sleep(self._ex, step_id, duration)
+        if type(plan) is not Replayed:
+            drive_sync(self._ex, plan)  # type: ignore[arg-type]
+
+    def sleep_until(self, step_id: str, until: _dt.datetime) -> None:
+        """Pause the run until a wall time (a naive datetime is local time).
+
+        Example:
+            >>> ctx.step.sleep_until("tomorrow", tomorrow_9am)  # doctest: +SKIP
+        """
+        plan = _plan_sleep_until(self._ex, step_id, until)
+        if type(plan) is not Replayed:
+            drive_sync(self._ex, plan)  # type: ignore[arg-type]
+
+    def wait_for_event(
+        self, step_id: str, *, event: str, if_exp: str | None = None, timeout: int | _dt.timedelta
+    ) -> Event | None:
+        """Wait for an event sent after this wait began; ``None`` after ``timeout``.
+
+        The result is stored either way: a later execution returns it at once.
+
+        Args:
+            step_id: the step's id.
+            event: the awaited event's name.
+            if_exp: CEL over ``event`` (the run's triggering event) and ``async`` (the
+                candidate), e.g. ``"event.data.order_id == async.data.order_id"``.
+            timeout: milliseconds (int) or a ``timedelta``.
+
+        Example:
+            >>> approval = ctx.step.wait_for_event(
+            ...     "approval", event="app/approved", timeout=datetime.timedelta(hours=1)
+            ... )  # doctest: +SKIP
+        """
+        plan = _plan_wait(self._ex, step_id, event, if_exp, timeout)
+        if type(plan) is Replayed:
+            return plan.value  # type: ignore[no-any-return]
+        return drive_sync(self._ex, plan)  # type: ignore[arg-type, no-any-return]
+
+    def invoke(
+        self,
+        step_id: str,
+        *,
+        function: Function[T],
+        data: dict[str, Any] | None = None,
+        timeout: int | _dt.timedelta | None = None,
+    ) -> T:
+        """Run another durable function as a child run and return its output.
+
+        The child's run id is derived from this run and the step, so a re-execution finds
+        the same child. Its failure (or not finishing within ``timeout``) raises
+        ``StepError`` here.
+
+        Example:
+            >>> total = ctx.step.invoke("sum", function=add, data={"a": 1, "b": 2})  # doctest: +SKIP
+        """
+        plan = _plan_invoke(self._ex, step_id, function, data, timeout)
+        if type(plan) is Replayed:
+            return plan.value  # type: ignore[no-any-return]
+        return drive_sync(self._ex, plan)  # type: ignore[no-any-return]
+
+    def send_event(self, step_id: str, events: Event | list[Event]) -> list[str]:
+        """Send events once: a replayed run returns the stored ids without sending again.
+
+        Example:
+            >>> ids = ctx.step.send_event("notify", nbdurable.Event("app/done", {"id": 1}))  # doctest: +SKIP
+        """
+        items = as_events(events, f"step.send_event({step_id!r})")
+        plan = self._ex.plan_send(step_id, items)
+        if type(plan) is Replayed:
+            return plan.value  # type: ignore[no-any-return]
+        return drive_sync(self._ex, plan)  # type: ignore[arg-type, no-any-return]
+
 
 class Group:
     """Concurrent step groups of an async durable function (``ctx.group``)."""
@@ -87,6 +301,9 @@ class Group:
 
     async def parallel(self, callables: Sequence[Callable[[], Awaitable[T]]]) -> tuple[T, ...]:
         """Run step callables concurrently as tasks; results in the order given.
+
+        Each inner step is stored on its own, so a re-execution replays the finished ones
+        and runs only the rest. Give inner steps distinct ids.
 
         Example:
             >>> a, b = await ctx.group.parallel([
@@ -106,11 +323,22 @@ class GroupSync:
         self._ex = ex
 
     def parallel(self, callables: Sequence[Callable[[], T]]) -> tuple[T, ...]:
-        """Run step callables concurrently in a thread pool; results in the order given."""
+        """Run step callables concurrently in a thread pool; results in the order given.
+
+        Each inner step is stored on its own, so a re-execution replays the finished ones
+        and runs only the rest. Give inner steps distinct ids.
+
+        Example:
+            >>> a, b = ctx.group.parallel([
+            ...     lambda: ctx.step.run("a", fetch, 1),
+            ...     lambda: ctx.step.run("b", fetch, 2),
+            ... ])  # doctest: +SKIP
+        """
         if not callables:
             return ()
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, len(callables))) as pool:
-            return tuple(pool.map(lambda c: c(), callables))
+            futures = [pool.submit(contextvars.copy_context().run, c) for c in callables]
+            return tuple(f.result() for f in futures)
 
 
 class _ReplayAwareLogger(logging.LoggerAdapter):  # type: ignore[type-arg]

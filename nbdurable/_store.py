@@ -85,12 +85,13 @@ class StepRecord(_Record):
 
 
 class EventRecord(_Record):
-    """An event as stored."""
+    """An event as stored (``received_at``: wall time ``send`` stored it, for sent events)."""
 
     name: str
     data: dict[str, Any]
     id: str
     ts: int
+    received_at: float | None = None
 
 
 class RunRecord(_Record):
@@ -190,9 +191,12 @@ def step_prefix(app: str, function_id: str, run_id: str) -> str:
     return f"s{SEP}{app}{SEP}{function_id}{SEP}{run_id}{SEP}"
 
 
-def event_key(app: str, ts: int, event_id: str) -> str:
-    """Key of a stored event (sorted by time)."""
-    return f"e{SEP}{app}{SEP}{ts:016d}{SEP}{event_id}"
+def event_key(app: str, seq: int, event_id: str) -> str:
+    """Key of a stored event, sorted by its store-wide sequence number (the order sent)."""
+    return f"e{SEP}{app}{SEP}{seq:016d}{SEP}{event_id}"
+
+
+SEQ_KEY = f"q{SEP}events"
 
 
 _STORE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
@@ -342,6 +346,37 @@ class Store:
         if raw is None:
             return self.get_step(key)
         return self._decode(key, raw, StepRecord)
+
+    # -- events -----------------------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        """Take the next event sequence number (atomic across processes)."""
+        with self._guard("write"):
+            return int(self.cache.incr(SEQ_KEY, 1, default=0))
+
+    def last_seq(self) -> int:
+        """The sequence number of the latest event sent (0 before any)."""
+        with self._guard("read"):
+            return int(self.cache.get(SEQ_KEY, default=0))
+
+    def put_event(self, app: str, seq: int, record: EventRecord) -> None:
+        """Store a sent event."""
+        self.put(event_key(app, seq, record.id), record)
+
+    def events_after(self, app: str, seq: int) -> list[tuple[int, EventRecord]]:
+        """Every readable event of ``app`` sent after sequence number ``seq``, in order."""
+        prefix = f"e{SEP}{app}{SEP}"
+        start = event_key(app, seq + 1, "")
+        sql = "SELECT key, mode, value FROM Cache WHERE key >= ? AND key < ? AND raw = 1 ORDER BY key"
+        with self._guard("read"):
+            rows = list(self.cache._sql(sql, (start, prefix + "\U0010ffff")).fetchall())
+        out = []
+        for key, mode, value in rows:
+            raw = bytes(value) if mode == MODE_RAW else self.cache.get(key)
+            got = self._decode(key, raw, EventRecord)
+            if got is not MISSING and got is not CORRUPT:
+                out.append((int(key.split(SEP)[2]), got[0]))
+        return out
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every record whose key starts with ``prefix``."""

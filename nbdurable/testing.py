@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from nbdurable._client import Client
-from nbdurable._clock import Clock
+from nbdurable._clock import Clock, Signal, await_callbacks
 from nbdurable._store import Store
 
 __all__ = ["FakeClock", "simulate_restart", "temporary_client"]
@@ -31,15 +32,27 @@ __all__ = ["FakeClock", "simulate_restart", "temporary_client"]
 class FakeClock(Clock):
     """A clock whose sleeps return at once and move its time forward.
 
+    ``sleep`` (step sleeps, retry delays) advances the fake time instantly. ``wait`` (a
+    ``wait_for_event`` timeout, an ``invoke`` timeout, the cron scheduler) really blocks
+    until its signal is set or until the fake time is moved past its deadline, by
+    :meth:`advance` or by another sleep.
+
     Attributes:
         slept: every sleep requested, in seconds, in order.
+
+    Example:
+        >>> clock = FakeClock(start=100.0)
+        >>> clock.sleep(5)
+        >>> clock.now(), clock.slept
+        (105.0, [5])
     """
 
     def __init__(self, start: float = 1_700_000_000.0) -> None:
         self._now = start
         self._mono = 0.0
         self.slept: list[float] = []
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._watchers: list[Callable[[], None]] = []
 
     def now(self) -> float:
         """Fake wall time."""
@@ -50,21 +63,64 @@ class FakeClock(Clock):
         return self._mono
 
     def advance(self, seconds: float) -> None:
-        """Move time forward."""
-        with self._lock:
+        """Move time forward, waking waits whose deadline passed."""
+        with self._cond:
             self._now += seconds
             self._mono += seconds
+            watchers = list(self._watchers)
+            self._cond.notify_all()
+        for watcher in watchers:
+            watcher()
 
-    def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float, wake: Signal | None = None) -> None:
         """Record the sleep and advance time instead of blocking."""
         self.slept.append(seconds)
-        self.advance(max(0.0, seconds))
+        if wake is None or not wake.is_set():
+            self.advance(max(0.0, seconds))
 
-    async def asleep(self, seconds: float) -> None:
+    async def asleep(self, seconds: float, wake: Signal | None = None) -> None:
         """Record the sleep, advance time, and yield to the loop once."""
-        self.slept.append(seconds)
-        self.advance(max(0.0, seconds))
+        self.sleep(seconds, wake)
         await asyncio.sleep(0)
+
+    def wait(self, signal: Signal, seconds: float | None) -> bool:
+        """Block until ``signal`` is set or the fake time passes the deadline."""
+        deadline = math.inf if seconds is None else self._now + seconds
+
+        def poke() -> None:
+            with self._cond:
+                self._cond.notify_all()
+
+        signal.add_callback(poke)
+        try:
+            with self._cond:
+                while not signal.is_set() and self._now < deadline:
+                    self._cond.wait(1.0)
+        finally:
+            signal.remove_callback(poke)
+        return signal.is_set()
+
+    async def await_signal(self, signal: Signal, seconds: float | None) -> bool:
+        """Suspend the task until ``signal`` is set or the fake time passes the deadline."""
+        deadline = math.inf if seconds is None else self._now + seconds
+
+        def register(wake: Callable[[], None]) -> Callable[[], None]:
+            signal.add_callback(wake)
+            with self._cond:
+                self._watchers.append(wake)
+            if self._now >= deadline:  # advanced between the check and the registration
+                wake()
+
+            def undo() -> None:
+                signal.remove_callback(wake)
+                with self._cond:
+                    self._watchers.remove(wake)
+
+            return undo
+
+        while not signal.is_set() and self._now < deadline:
+            await await_callbacks(register, None)
+        return signal.is_set()
 
 
 @contextlib.contextmanager
@@ -85,6 +141,7 @@ def temporary_client(
     try:
         yield client
     finally:
+        client.stop_cron()
         Store.forget(where)
         if made:
             shutil.rmtree(where, ignore_errors=True)
