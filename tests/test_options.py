@@ -1,0 +1,370 @@
+"""Function options: on_failure, cancel, idempotency, concurrency, TriggerCron; Run.cancel()."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import threading
+
+import pytest
+from conftest import eventually, waiting_step
+
+import nbdurable
+from nbdurable.testing import FakeClock
+
+HOUR = 3_600_000
+
+
+# --- on_failure ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_on_failure_runs_after_a_failed_run_with_its_details(client, is_async: bool) -> None:
+    """The handler gets error, event, function_id and run_id in ctx.event.data, once per failure."""
+    seen: list[dict] = []
+    done = threading.Event()
+
+    def record(ctx):
+        ctx.step.run("notify", lambda: None)
+        seen.append(ctx.event.data)
+        done.set()
+
+    async def arecord(ctx):
+        await ctx.step.run("notify", lambda: None)
+        seen.append(ctx.event.data)
+        done.set()
+
+    if is_async:
+
+        @client.create_function(fn_id="job", retries=0, on_failure=arecord)
+        async def job(ctx):
+            await ctx.step.run("boom", lambda: 1 / 0)
+
+    else:
+
+        @client.create_function(fn_id="job", retries=0, on_failure=record)
+        def job(ctx):
+            ctx.step.run("boom", lambda: 1 / 0)
+
+    with pytest.raises(nbdurable.RunFailedError) as info:
+        job.run({"user": 1})
+    assert done.wait(5)
+    [data] = seen
+    assert data["function_id"] == "job"
+    assert data["run_id"] == info.value.run_id
+    assert data["event"]["data"] == {"user": 1}
+    assert data["error"]["name"] == "ZeroDivisionError"
+    assert "division by zero" in data["error"]["message"]
+    eventually(lambda: [r.status for r in client.runs("job-failure")] == [nbdurable.RunStatus.COMPLETED])
+
+
+def test_on_failure_not_called_for_success_or_cancel(client) -> None:
+    """A completed or cancelled run does not call on_failure."""
+    calls = []
+
+    @client.create_function(fn_id="ok", on_failure=lambda ctx: calls.append(1))
+    def ok(ctx):
+        return ctx.step.run("a", lambda: 1)
+
+    @client.create_function(fn_id="stopped", on_failure=lambda ctx: calls.append(2))
+    def stopped(ctx):
+        ctx.step.wait_for_event("w", event="never", timeout=HOUR)
+
+    ok.run()
+    run = stopped.start()
+    waiting_step(run)
+    run.cancel()
+    with pytest.raises(nbdurable.RunCancelledError):
+        run.wait(5)
+    assert client.runs("ok-failure") == []
+    assert client.runs("stopped-failure") == []
+    assert calls == []
+
+
+# --- cancel ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_run_cancel_stops_a_background_run_between_steps(client, is_async: bool) -> None:
+    """A step in flight finishes; the next step never starts; status CANCELLED; wait raises RunCancelledError."""
+    entered, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def first():
+        entered.set()
+        release.wait(5)
+        calls.append("first")
+
+    if is_async:
+
+        @client.create_function(fn_id="c")
+        async def fn(ctx):
+            await ctx.step.run("first", first)
+            await ctx.step.run("second", lambda: calls.append("second"))
+
+    else:
+
+        @client.create_function(fn_id="c")
+        def fn(ctx):
+            ctx.step.run("first", first)
+            ctx.step.run("second", lambda: calls.append("second"))
+
+    run = fn.start()
+    assert entered.wait(5)
+    run.cancel()
+    release.set()
+    with pytest.raises(nbdurable.RunCancelledError):
+        run.wait(5)
+    assert calls == ["first"]
+    assert run.status is nbdurable.RunStatus.CANCELLED
+    assert fn.runs()[0].status is nbdurable.RunStatus.CANCELLED
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_run_cancel_ends_a_wait_at_once(client, is_async: bool) -> None:
+    """A run waiting an hour for an event stops as soon as it is cancelled (no clock advance needed)."""
+    if is_async:
+
+        @client.create_function(fn_id="w")
+        async def fn(ctx):
+            await ctx.step.wait_for_event("w", event="never", timeout=HOUR)
+
+    else:
+
+        @client.create_function(fn_id="w")
+        def fn(ctx):
+            ctx.step.wait_for_event("w", event="never", timeout=HOUR)
+
+    run = fn.start()
+    waiting_step(run)
+    run.cancel()
+    with pytest.raises(nbdurable.RunCancelledError):
+        run.wait(5)
+
+
+def test_run_cancel_ends_a_real_sleep_at_once(tmp_path) -> None:
+    """With the real clock, cancelling a run sleeping an hour stops it promptly."""
+    client = nbdurable.Client("t", store=tmp_path / "s")
+
+    @client.create_function(fn_id="nap")
+    def fn(ctx):
+        ctx.step.sleep("nap", HOUR)
+
+    run = fn.start()
+    eventually(lambda: run.status is nbdurable.RunStatus.SLEEPING)
+    run.cancel()
+    with pytest.raises(nbdurable.RunCancelledError):
+        run.wait(5)
+    nbdurable._store.Store.forget(tmp_path / "s")
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_cancel_event_matching_if_exp_cancels(client, is_async: bool) -> None:
+    """Cancel(event, if_exp) stops the run whose trigger matches; other runs continue."""
+    cancel = [nbdurable.Cancel(event="app/order.cancelled", if_exp="event.data.order == async.data.order")]
+    if is_async:
+
+        @client.create_function(fn_id="order", cancel=cancel)
+        async def fn(ctx):
+            ev = await ctx.step.wait_for_event("paid", event="app/paid", timeout=HOUR)
+            return ev is not None
+
+    else:
+
+        @client.create_function(fn_id="order", cancel=cancel)
+        def fn(ctx):
+            return ctx.step.wait_for_event("paid", event="app/paid", timeout=HOUR) is not None
+
+    r1, r2 = fn.start({"order": 1}), fn.start({"order": 2})
+    waiting_step(r1)
+    waiting_step(r2)
+    client.send_sync(nbdurable.Event("app/order.cancelled", {"order": 1}))
+    with pytest.raises(nbdurable.RunCancelledError, match=r"app/order\.cancelled"):
+        r1.wait(5)
+    assert not r2.done
+    client.send_sync(nbdurable.Event("app/paid"))
+    assert r2.wait(5) is True
+
+
+def test_cancel_timeout_limits_the_window(client, clock: FakeClock) -> None:
+    """A Cancel with a timeout no longer applies once the run is older than it."""
+
+    @client.create_function(fn_id="o", cancel=[nbdurable.Cancel(event="app/stop", timeout=60_000)])
+    def fn(ctx):
+        return ctx.step.wait_for_event("w", event="app/go", timeout=HOUR) is not None
+
+    run = fn.start()
+    waiting_step(run)
+    clock.advance(61)  # the wait goes on; the cancel window (60 s) is over
+    client.send_sync(nbdurable.Event("app/stop"))
+    client.send_sync(nbdurable.Event("app/go"))
+    assert run.wait(5) is True
+
+
+# --- idempotency ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_idempotency_maps_different_data_to_one_run(client, is_async: bool) -> None:
+    """Same key, different data: one run; its steps ran once and the body sees the first event."""
+    calls: list[int] = []
+    if is_async:
+
+        @client.create_function(fn_id="pay", idempotency="event.data.user")
+        async def pay(ctx):
+            return await ctx.step.run(
+                "charge", lambda: calls.append(ctx.event.data["amount"]) or ctx.event.data["amount"]
+            )
+
+    else:
+
+        @client.create_function(fn_id="pay", idempotency="event.data.user")
+        def pay(ctx):
+            return ctx.step.run("charge", lambda: calls.append(ctx.event.data["amount"]) or ctx.event.data["amount"])
+
+    assert pay.run({"user": "ada", "amount": 5}) == 5
+    assert pay.run({"user": "ada", "amount": 9}) == 5
+    assert calls == [5]
+    assert len(pay.runs()) == 1
+    assert pay.run({"user": "bob", "amount": 9}) == 9
+    assert len(pay.runs()) == 2
+
+
+def test_idempotency_ignores_later_events_with_the_same_key(client) -> None:
+    """Sent events with the same idempotency key start one run."""
+    calls = []
+
+    @client.create_function(fn_id="p", idempotency="event.data.user", trigger=nbdurable.TriggerEvent(event="app/pay"))
+    def pay(ctx):
+        return ctx.step.run("charge", lambda: calls.append(ctx.event.data["n"]))
+
+    client.send_sync(nbdurable.Event("app/pay", {"user": 1, "n": 1}))
+    eventually(lambda: pay.runs() and pay.runs()[0].status is nbdurable.RunStatus.COMPLETED)
+    client.send_sync(nbdurable.Event("app/pay", {"user": 1, "n": 2}))
+    client.send_sync(nbdurable.Event("app/pay", {"user": 2, "n": 3}))
+    eventually(lambda: len(pay.runs()) == 2 and all(r.status.finished for r in pay.runs()))
+    assert sorted(calls) == [1, 3]
+
+
+# --- concurrency --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_concurrency_limit_queues_runs(client, is_async: bool) -> None:
+    """With limit 1, a second run waits QUEUED until the first ends; never two at once."""
+    active, peak = [0], [0]
+    gate = threading.Event()
+    lock = threading.Lock()
+
+    def work():
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        gate.wait(5)
+        with lock:
+            active[0] -= 1
+        return 1
+
+    if is_async:
+
+        @client.create_function(fn_id="lim", concurrency=[nbdurable.Concurrency(limit=1)])
+        async def fn(ctx):
+            return await ctx.step.run("w", lambda: asyncio.to_thread(work))
+
+        async def main():
+            runs = [fn.start({"n": i}) for i in range(3)]
+            while sum(r.status is nbdurable.RunStatus.QUEUED for r in runs) < 2:
+                await asyncio.sleep(0.005)
+            gate.set()
+            return [await r for r in runs]
+
+        assert asyncio.run(main()) == [1, 1, 1]
+    else:
+
+        @client.create_function(fn_id="lim", concurrency=[nbdurable.Concurrency(limit=1)])
+        def fn(ctx):
+            return ctx.step.run("w", work)
+
+        runs = [fn.start({"n": i}) for i in range(3)]
+        eventually(lambda: sum(r.status is nbdurable.RunStatus.QUEUED for r in runs) == 2)
+        gate.set()
+        assert [r.wait(5) for r in runs] == [1, 1, 1]
+    assert peak[0] == 1
+
+
+def test_concurrency_key_limits_per_group(client) -> None:
+    """With a key, the limit applies per key value: two users run at once, the same user queues."""
+    barrier = threading.Barrier(2, timeout=5)
+    gate = threading.Event()
+
+    @client.create_function(fn_id="k", concurrency=[nbdurable.Concurrency(limit=1, key="event.data.user")])
+    def fn(ctx):
+        if ctx.event.data["n"] < 2:
+            ctx.step.run("meet", barrier.wait)  # only passes if both users run at once
+        return ctx.step.run("w", lambda: gate.wait(5))
+
+    r1, r2 = fn.start({"user": "a", "n": 0}), fn.start({"user": "b", "n": 1})
+    r3 = fn.start({"user": "a", "n": 2})
+    eventually(lambda: r3.status is nbdurable.RunStatus.QUEUED)
+    gate.set()
+    assert [r.wait(5) for r in (r1, r2, r3)] == [True, True, True]
+
+
+def test_cancelling_a_queued_run(client) -> None:
+    """A run queued for a concurrency slot can be cancelled before it starts."""
+    gate = threading.Event()
+
+    @client.create_function(fn_id="q", concurrency=[nbdurable.Concurrency(limit=1)])
+    def fn(ctx):
+        return ctx.step.run("w", lambda: gate.wait(5))
+
+    r1, r2 = fn.start({"n": 1}), fn.start({"n": 2})
+    eventually(lambda: r2.status is nbdurable.RunStatus.QUEUED)
+    r2.cancel()
+    with pytest.raises(nbdurable.RunCancelledError):
+        r2.wait(5)
+    gate.set()
+    assert r1.wait(5) is True
+
+
+# --- cron -----------------------------------------------------------------------------------
+
+
+def test_cron_starts_runs_on_schedule_with_the_scheduled_time_as_id(client, clock: FakeClock) -> None:
+    """Every minute (fake time), one run; its id is the scheduled time; stop_cron stops it."""
+    fired: list[str] = []
+    base = clock.now() - clock.now() % 60  # a minute boundary
+    clock.advance(base + 30 - clock.now())
+
+    @client.create_function(fn_id="tick", trigger=nbdurable.TriggerCron(cron="* * * * *"))
+    def tick(ctx):
+        fired.append(ctx.run_id)
+        return ctx.event.name
+
+    clock.advance(30)
+    eventually(lambda: len(fired) == 1)
+    clock.advance(60)
+    eventually(lambda: len(fired) == 2)
+    minute = [datetime.datetime.fromtimestamp(base + 60 * k, tz=datetime.timezone.utc) for k in (1, 2)]
+    assert fired == [m.strftime("%Y-%m-%dT%H:%M:%SZ") for m in minute]
+    eventually(lambda: all(r.status is nbdurable.RunStatus.COMPLETED for r in tick.runs()))
+    client.stop_cron()
+    clock.advance(600)
+    assert len(fired) == 2
+    client.start_cron()
+    clock.advance(60)
+    eventually(lambda: len(fired) == 3)
+
+
+def test_missed_cron_ticks_fire_once(client, clock: FakeClock) -> None:
+    """After a long pause only the latest due time runs, not one run per missed tick."""
+    fired: list[str] = []
+
+    @client.create_function(fn_id="tick", trigger=nbdurable.TriggerCron(cron="*/5 * * * *"))
+    def tick(ctx):
+        fired.append(ctx.run_id)
+
+    clock.advance(3600)
+    eventually(lambda: len(fired) == 1)
+    client.stop_cron()
+    assert len(fired) == 1

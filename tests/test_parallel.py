@@ -1,0 +1,127 @@
+"""ctx.group.parallel: members run concurrently, each step memoized on its own, results in order."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import nbdurable
+
+
+def test_sync_members_run_concurrently_and_in_order(client) -> None:
+    """Three sync members meet at a barrier (only possible if they run at once); results keep their order."""
+    barrier = threading.Barrier(3, timeout=5)
+    calls: list[str] = []
+
+    def member(name: str):
+        def work():
+            barrier.wait()
+            calls.append(name)
+            return name.upper()
+
+        return work
+
+    @client.create_function(fn_id="fan")
+    def fan(ctx):
+        return ctx.group.parallel([lambda n=n: ctx.step.run(n, member(n)) for n in ("a", "b", "c")])
+
+    assert fan.run() == ("A", "B", "C")
+    assert sorted(calls) == ["a", "b", "c"]
+
+
+def test_async_members_run_concurrently_and_in_order(client) -> None:
+    """Async members are tasks: each waits until all three started (impossible one after another)."""
+    started: list[str] = []
+
+    def member(name: str):
+        async def work():
+            started.append(name)
+            for _ in range(500):
+                if len(started) == 3:
+                    return name.upper()
+                await asyncio.sleep(0.002)
+            raise AssertionError("members did not run concurrently")
+
+        return work
+
+    @client.create_function(fn_id="fan", retries=0)
+    async def fan(ctx):
+        return await ctx.group.parallel([lambda n=n: ctx.step.run(n, member(n)) for n in ("a", "b", "c")])
+
+    assert fan.run() == ("A", "B", "C")
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_each_member_is_memoized_on_its_own(client, is_async: bool) -> None:
+    """When one member fails, the next execution replays the others and re-runs only it."""
+    calls = {"a": 0, "b": 0}
+    flaky = {"fail": True}
+
+    def a():
+        calls["a"] += 1
+        return 1
+
+    def b():
+        calls["b"] += 1
+        if flaky["fail"]:
+            raise nbdurable.NonRetriableError("b down")
+        return 2
+
+    if is_async:
+
+        @client.create_function(fn_id="fan", retries=0)
+        async def fan(ctx):
+            return list(await ctx.group.parallel([lambda: ctx.step.run("a", a), lambda: ctx.step.run("b", b)]))
+
+    else:
+
+        @client.create_function(fn_id="fan", retries=0)
+        def fan(ctx):
+            return list(ctx.group.parallel([lambda: ctx.step.run("a", a), lambda: ctx.step.run("b", b)]))
+
+    with pytest.raises(nbdurable.RunFailedError):
+        fan.run()
+    flaky["fail"] = False
+    assert fan.run() == [1, 2]
+    assert calls == {"a": 1, "b": 2}
+    assert fan.run() == [1, 2]
+    assert calls == {"a": 1, "b": 2}
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_group_takes_about_the_time_of_its_slowest_member(tmp_path, is_async: bool) -> None:
+    """Members sleeping 0.1, 0.2 and 0.3 s take well under their 0.6 s sum together (loose sanity bound)."""
+    client = nbdurable.Client("t", store=tmp_path / "s")
+    if is_async:
+
+        @client.create_function(fn_id="fan")
+        async def fan(ctx):
+            return await ctx.group.parallel(
+                [lambda d=d: ctx.step.run(f"s{d}", asyncio.sleep, d / 10) for d in (1, 2, 3)]
+            )
+
+    else:
+
+        @client.create_function(fn_id="fan")
+        def fan(ctx):
+            return ctx.group.parallel([lambda d=d: ctx.step.run(f"s{d}", time.sleep, d / 10) for d in (1, 2, 3)])
+
+    t0 = time.perf_counter()
+    fan.run()
+    elapsed = time.perf_counter() - t0
+    assert 0.3 <= elapsed < 0.55
+    nbdurable._store.Store.forget(tmp_path / "s")
+
+
+def test_parallel_members_can_sleep_and_wait(client) -> None:
+    """A group mixes a sleep and a step; both are stored under their own keys."""
+
+    @client.create_function(fn_id="mix")
+    def mix(ctx):
+        return ctx.group.parallel([lambda: ctx.step.sleep("nap", 1000), lambda: ctx.step.run("x", lambda: 1)])
+
+    assert mix.run() == (None, 1)
+    assert sorted(s.key for s in client.get_run(mix.runs()[0].id).steps) == ["nap", "x"]
