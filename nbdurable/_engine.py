@@ -182,7 +182,12 @@ def drive_sync(ex: Execution, gen: StepGen) -> Any:
             elif isinstance(action, Wait):
                 reply = wait_sync(ex.clock, action.signal, action.seconds)
             else:
-                ex.clock.sleep(action.seconds, action.wake)
+                if _loop_here() is not None:
+                    from nbdurable._function import run_blocking
+
+                    run_blocking(ex.clock.asleep(action.seconds, action.wake))
+                else:
+                    ex.clock.sleep(action.seconds, action.wake)
                 reply = None
     except StopIteration as stop:
         return stop.value
@@ -736,7 +741,7 @@ class Execution:
             self.last_beat = now
 
     def _special_replay(
-        self, key: str, step_id: str, rec: StepRecord, value: Any, event: str | None = None
+        self, key: str, step_id: str, rec: StepRecord, value: Any, event: str | None = None, has_output: bool = True
     ) -> Replayed:
         info = StepInfo(
             key=key,
@@ -748,13 +753,15 @@ class Execution:
             started_at=rec.started_at,
             duration=rec.duration,
             output=value,
-            has_output=True,
+            has_output=has_output,
             event=event,
         )
         self.add_step(info, "step_replayed")
         return Replayed(value)
 
-    def _finish_special(self, info: StepInfo, payload: bytes, value: Any, meta: dict[str, Any] | None = None) -> None:
+    def _finish_special(
+        self, info: StepInfo, payload: bytes, value: Any, meta: dict[str, Any] | None = None, has_output: bool = True
+    ) -> None:
         now = self.clock.now()
         started = info.started_at if info.started_at is not None else now
         rec = StepRecord(
@@ -775,7 +782,7 @@ class Execution:
         info.attempts = 1
         info.duration = now - started
         info.output = value
-        info.has_output = True
+        info.has_output = has_output
         info.deadline = None
         self.run.emit("step_completed", info)
 
@@ -784,7 +791,7 @@ class Execution:
         key = self.step_key(step_id, tool)
         got = self.lookup(key)
         if got is not None and got[0].status == "COMPLETED":
-            return self._special_replay(key, step_id, got[0], None)
+            return self._special_replay(key, step_id, got[0], None, has_output=False)
         self.replaying = False
         if got is not None and got[0].status == "SLEEPING" and got[0].wake_at is not None:
             started, until = got[0].started_at, got[0].wake_at
@@ -817,7 +824,7 @@ class Execution:
         finally:
             self.drop_signal(wake)
         self.set_status(RunStatus.RUNNING)
-        self._finish_special(info, b"null", None)
+        self._finish_special(info, b"null", None, has_output=False)
 
     def plan_wait(self, step_id: Any, event: Any, if_exp: Any, timeout: float) -> Replayed | StepGen:
         """Replay a finished ``wait_for_event`` (its event or None), or plan the wait."""

@@ -86,7 +86,14 @@ class TriggerEvent:
 
     Args:
         event: the event name or pattern.
-        expression: an optional CEL expression over ``event`` that must be true.
+        expression: an optional CEL expression over ``event`` that must be true
+            (compiled here: a typo is a ``ValueError`` at once).
+
+    Example:
+        >>> TriggerEvent("shop/*", expression="event.data.total > 100").matches(
+        ...     Event("shop/order", {"total": 250})
+        ... )
+        True
     """
 
     event: str
@@ -107,8 +114,16 @@ class TriggerEvent:
 class TriggerCron:
     """Start the function on a cron schedule while the process lives.
 
+    The client's scheduler (``Client.start_cron()``, started by itself when such a
+    function is created) starts a run at each scheduled time (UTC); the run's id is that
+    time, e.g. ``2026-01-02T03:05:00Z``.
+
     Args:
-        cron: a cron expression, e.g. ``"*/5 * * * *"``.
+        cron: a cron expression, e.g. ``"*/5 * * * *"`` (checked here).
+
+    Example:
+        >>> TriggerCron("0 9 * * 1-5").cron
+        '0 9 * * 1-5'
     """
 
     cron: str
@@ -125,10 +140,18 @@ class TriggerCron:
 class Cancel:
     """Cancel a running run when a matching event arrives.
 
+    The run stops between steps (a sleep or a wait ends at once) with status CANCELLED.
+    Events sent in this process cancel at once; events sent by another process are seen
+    when the run next looks in the store (while it waits for an event).
+
     Args:
         event: the event name.
         if_exp: CEL over ``event`` (the triggering event) and ``async`` (the cancel event).
-        timeout: only within this long after the run started.
+        timeout: only within this long after the run was created (ms or ``timedelta``).
+
+    Example:
+        >>> Cancel(event="app/order.cancelled", if_exp="event.data.order == async.data.order").event
+        'app/order.cancelled'
     """
 
     event: str
@@ -159,9 +182,16 @@ class Cancel:
 class Concurrency:
     """Limit how many runs of the function execute at once (per ``key`` value when given).
 
+    Runs over the limit wait QUEUED (without blocking the kernel) until a slot frees. The
+    limit holds among the runs of this process.
+
     Args:
         limit: the maximum number of concurrent runs.
         key: an optional CEL expression over ``event`` grouping runs.
+
+    Example:
+        >>> Concurrency(limit=2, key="event.data.user").group(Event("x", {"user": "ada"}))
+        '"ada"'
     """
 
     limit: int

@@ -136,6 +136,7 @@ def test_invoke_timeout_is_a_step_error(client, clock: FakeClock, is_async: bool
     clock.advance(30)
     assert run.wait(5).startswith("caught TimeoutError")
     release.set()
+    eventually(lambda: [r.status for r in slow.runs()] == [nbdurable.RunStatus.COMPLETED])
 
 
 def test_invoke_rejects_a_plain_function(client) -> None:
