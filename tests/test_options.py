@@ -356,15 +356,23 @@ def test_cron_starts_runs_on_schedule_with_the_scheduled_time_as_id(client, cloc
     eventually(lambda: len(fired) == 3)
 
 
-def test_missed_cron_ticks_fire_once(client, clock: FakeClock) -> None:
+@pytest.mark.parametrize("is_async", [False, True])
+def test_missed_cron_ticks_fire_once(client, clock: FakeClock, is_async: bool) -> None:
     """After a long pause only the latest due time runs, not one run per missed tick."""
     fired: list[str] = []
 
-    @client.create_function(fn_id="tick", trigger=nbdurable.TriggerCron(cron="*/5 * * * *"))
-    def tick(ctx):
+    def body(ctx):
         fired.append(ctx.run_id)
+
+    async def abody(ctx):
+        body(ctx)
+
+    tick = client.create_function(fn_id="tick", trigger=nbdurable.TriggerCron(cron="*/5 * * * *"))(
+        abody if is_async else body
+    )
 
     clock.advance(3600)
     eventually(lambda: len(fired) == 1)
+    eventually(lambda: [r.status for r in tick.runs()] == [nbdurable.RunStatus.COMPLETED])
     client.stop_cron()
     assert len(fired) == 1

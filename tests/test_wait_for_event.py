@@ -231,3 +231,41 @@ def test_wait_resolved_by_another_process(tmp_path) -> None:
     assert run.wait(10) == {"pid": "other"}
     eventually(lambda: run.done)
     nbdurable._store.Store.forget(store)
+
+
+def test_a_waiting_run_reads_as_waiting_from_the_store(client) -> None:
+    """Other readers (client.runs, another process) see WAITING while it waits, COMPLETED after."""
+    fn = _approval(client, False, [])
+    run = fn.start()
+    waiting_step(run)
+    assert [r.status for r in client.runs("approve")] == [nbdurable.RunStatus.WAITING]
+    client.send_sync(nbdurable.Event("app/approved"))
+    run.wait(5)
+    assert [r.status for r in client.runs("approve")] == [nbdurable.RunStatus.COMPLETED]
+
+
+def test_step_waiting_is_emitted_with_deadline_and_event(client) -> None:
+    """A listener attached before the run starts (as the run view is) sees step_waiting with the countdown data."""
+    seen: list[tuple[str, str, float | None, str | None]] = []
+
+    def listener(kind, run, step):
+        if step is not None and step.key == "approval":
+            seen.append((kind, step.status.value, step.deadline, step.event))
+
+    fn = _approval(client, True, [])
+    started = client.clock.now()
+
+    async def main():
+        nbdurable._client.run_hooks.append(lambda run: run.add_listener(listener))
+        try:
+            task = asyncio.ensure_future(fn.run_async())
+            while not seen:
+                await asyncio.sleep(0.005)
+            await client.send(nbdurable.Event("app/approved"))
+            return await task
+        finally:
+            nbdurable._client.run_hooks.pop()
+
+    asyncio.run(main())
+    assert seen[0] == ("step_waiting", "WAITING", started + 3600, "app/approved")
+    assert seen[-1][:2] == ("step_completed", "COMPLETED")
