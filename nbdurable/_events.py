@@ -318,7 +318,10 @@ def resolve_waiters(store: str, app: str, seq: int, event: Event) -> int:
     woken = 0
     for waiter in group:
         if waiter.event is None and waiter.after < seq and waiter.matches(event):
-            waiter.event = event
+            with _waiters_lock:  # two senders racing: the first match wins
+                if waiter.event is not None:
+                    continue
+                waiter.event = event
             waiter.signal.set()
             woken += 1
     return woken

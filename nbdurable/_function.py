@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from nbdurable import _store
 from nbdurable._clock import Signal
-from nbdurable._engine import CancelSignal, Execution, wait_sync
+from nbdurable._engine import _IN_HANDLER, CancelSignal, Execution, wait_sync
 from nbdurable._events import Cancel, Concurrency, Event, TriggerCron, TriggerEvent, canonical_json
 from nbdurable._run import NO_OUTPUT, Run
 from nbdurable._serde import check_serializer
@@ -261,6 +261,14 @@ class Function(Generic[T]):
         return False
 
     def _execute_sync(self, run: Run[T]) -> T:
+        # A run started from inside a step (send_event, invoke) is not inside that step.
+        token = _IN_HANDLER.set(None)
+        try:
+            return self._execute_sync_inner(run)
+        finally:
+            _IN_HANDLER.reset(token)
+
+    def _execute_sync_inner(self, run: Run[T]) -> T:
         keys = self._slot_keys(run) if self.concurrency else []
         if keys and not self._queue_sync(run, keys):
             ex, _ = self._open(run)
@@ -277,6 +285,13 @@ class Function(Generic[T]):
                 SLOTS.give_back(keys)
 
     async def _execute_async(self, run: Run[T]) -> T:
+        token = _IN_HANDLER.set(None)
+        try:
+            return await self._execute_async_inner(run)
+        finally:
+            _IN_HANDLER.reset(token)
+
+    async def _execute_async_inner(self, run: Run[T]) -> T:
         keys = self._slot_keys(run) if self.concurrency else []
         if keys and not await self._queue_async(run, keys):
             ex, _ = self._open(run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import threading
 
@@ -194,3 +195,24 @@ def test_send_event_rejects_non_events(client) -> None:
     with pytest.raises(nbdurable.RunFailedError) as info:
         sender.run()
     assert "send_event('notify')" in str(info.value.__cause__)
+
+
+def test_send_event_triggers_an_async_function_on_the_same_loop(client) -> None:
+    """An async function started by send_event (a task on the sender's loop) runs its own steps normally."""
+
+    @client.create_function(fn_id="listener", trigger=nbdurable.TriggerEvent(event="app/ping"))
+    async def listener(ctx):
+        return await ctx.step.run("pong", lambda: "pong")
+
+    @client.create_function(fn_id="sender")
+    async def sender(ctx):
+        await ctx.step.send_event("ping", nbdurable.Event("app/ping"))
+        await ctx.step.sleep("let-it-run", 10)  # yields to the loop
+
+    async def main():
+        await sender.run_async()
+        while not (listener.runs() and listener.runs()[0].status.finished):
+            await asyncio.sleep(0.005)
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+    assert [r.status for r in listener.runs()] == [nbdurable.RunStatus.COMPLETED]
