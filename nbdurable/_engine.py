@@ -55,6 +55,8 @@ class CancelSignal(BaseException):
 
 
 INTERRUPTS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit)
+STORE_POLL = 1.0
+"""Seconds between looks in the store, while waiting, for events sent by other processes."""
 
 
 # --- actions the step generators yield --------------------------------------------------
@@ -760,8 +762,16 @@ class Execution:
         return Replayed(value)
 
     def _finish_special(
-        self, info: StepInfo, payload: bytes, value: Any, meta: dict[str, Any] | None = None, has_output: bool = True
+        self,
+        info: StepInfo,
+        payload: bytes,
+        value: Any,
+        meta: dict[str, Any] | None = None,
+        *,
+        has_output: bool = True,
+        serializer: str = "json",
     ) -> None:
+        """Store a sleep, wait or invoke as completed (on disk before the step returns)."""
         now = self.clock.now()
         started = info.started_at if info.started_at is not None else now
         rec = StepRecord(
@@ -771,7 +781,7 @@ class Execution:
             started_at=started,
             ended_at=now,
             duration=now - started,
-            serializer="json",
+            serializer=serializer,
             wake_at=info.deadline,
             meta=meta,
         )
@@ -847,9 +857,6 @@ class Execution:
             self.store.put(self.prefix + key, rec)
         return self._wait(key, step_id, event, if_exp, started, deadline, after)
 
-    POLL = 1.0
-    """Seconds between looks in the store for events sent by other processes."""
-
     def _wait(
         self, key: str, step_id: str, name: str, if_exp: str | None, started: float, deadline: float, after: int
     ) -> StepGen:
@@ -890,7 +897,7 @@ class Execution:
                 left = deadline - self.clock.now()
                 if found is not None or left <= 0:
                     break
-                yield Wait(wake, min(left, self.POLL))
+                yield Wait(wake, min(left, STORE_POLL))
         finally:
             remove_waiter(self.store.path, app, waiter)
             self.drop_signal(wake)
@@ -964,32 +971,12 @@ class Execution:
                 payload = codec.dumps(value, key)
                 out = codec.loads(payload)
                 info.deadline = None
-                self._finish_invoke(info, payload, out, codec, meta)
+                self._finish_special(info, payload, out, meta, serializer=codec.name)
                 return out
         info.error = _error_info(exc)
         info.deadline = None
         self.fail(pending, started)
         raise StepError(str(exc), type(exc).__name__, info.error.stack, key) from exc
-
-    def _finish_invoke(self, info: StepInfo, payload: bytes, value: Any, codec: Codec, meta: dict[str, Any]) -> None:
-        now = self.clock.now()
-        started = info.started_at if info.started_at is not None else now
-        rec = StepRecord(
-            status="COMPLETED",
-            kind="invoke",
-            started_at=started,
-            ended_at=now,
-            duration=now - started,
-            serializer=codec.name,
-            meta=meta,
-        )
-        self.store.put(self.prefix + info.key, rec, payload)
-        self.current = None
-        info.status = StepStatus.COMPLETED
-        info.duration = now - started
-        info.output = value
-        info.has_output = True
-        self.run.emit("step_completed", info)
 
     def plan_send(self, step_id: Any, events: list[Event]) -> Replayed | StepGen:
         """Replay a ``send_event`` (the stored ids: nothing is sent again), or plan sending."""
