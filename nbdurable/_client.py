@@ -353,6 +353,10 @@ class Client:
             )
             if srec.error is not None:
                 info.error = ErrorInfo(srec.error.name, srec.error.message, srec.error.stack)
+            if info.status in (StepStatus.SLEEPING, StepStatus.WAITING):
+                info.deadline = srec.wake_at
+            if srec.kind == "wait" and srec.meta is not None:
+                info.event = srec.meta.get("event")
             out.append(info)
         if rec.current_step and rec.current_step not in {s.key for s in out}:
             out.append(

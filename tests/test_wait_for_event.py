@@ -239,6 +239,15 @@ def test_a_waiting_run_reads_as_waiting_from_the_store(client) -> None:
     run = fn.start()
     waiting_step(run)
     assert [r.status for r in client.runs("approve")] == [nbdurable.RunStatus.WAITING]
+    reader = nbdurable.Client(client.app_id, store=client.store_path, clock=client.clock)  # knows no live runs
+    stored = reader.get_run(run.id)
+    assert stored is not None
+    [step] = stored.steps
+    assert (step.status, step.event, step.deadline) == (
+        nbdurable.StepStatus.WAITING,
+        "app/approved",
+        client.clock.now() + 3600,
+    )
     client.send_sync(nbdurable.Event("app/approved"))
     run.wait(5)
     assert [r.status for r in client.runs("approve")] == [nbdurable.RunStatus.COMPLETED]
