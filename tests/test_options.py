@@ -186,8 +186,9 @@ def test_cancel_event_matching_if_exp_cancels(client, is_async: bool) -> None:
     assert r2.wait(5) is True
 
 
-def test_cancel_timeout_limits_the_window(client, clock: FakeClock) -> None:
-    """A Cancel with a timeout no longer applies once the run is older than it."""
+@pytest.mark.parametrize(("age", "cancelled"), [(30, True), (61, False)])
+def test_cancel_timeout_limits_the_window(client, clock: FakeClock, age: int, cancelled: bool) -> None:
+    """A Cancel with a 60 s timeout applies to a run 30 s old, not to one 61 s old."""
 
     @client.create_function(fn_id="o", cancel=[nbdurable.Cancel(event="app/stop", timeout=60_000)])
     def fn(ctx):
@@ -195,10 +196,14 @@ def test_cancel_timeout_limits_the_window(client, clock: FakeClock) -> None:
 
     run = fn.start()
     waiting_step(run)
-    clock.advance(61)  # the wait goes on; the cancel window (60 s) is over
+    clock.advance(age)
     client.send_sync(nbdurable.Event("app/stop"))
     client.send_sync(nbdurable.Event("app/go"))
-    assert run.wait(5) is True
+    if cancelled:
+        with pytest.raises(nbdurable.RunCancelledError):
+            run.wait(5)
+    else:
+        assert run.wait(5) is True
 
 
 # --- idempotency ---------------------------------------------------------------------------

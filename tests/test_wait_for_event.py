@@ -110,7 +110,8 @@ def test_timeout_returns_none_stores_it_and_replays_instantly(client, clock: Fak
     run = fn.start()
     waiting_step(run)
     clock.advance(3599)
-    assert not run._done.wait(0.05)
+    with pytest.raises(TimeoutError):
+        run.wait(0.05)  # one second short of the deadline: still waiting
     clock.advance(1)
     assert run.wait(5) is None
     assert fn.run() is None  # would hang (no one advances the clock) if it waited again
