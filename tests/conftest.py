@@ -20,26 +20,3 @@ def clock() -> FakeClock:
 def client(tmp_path: Path, clock: FakeClock) -> Iterator[nbdurable.Client]:
     with temporary_client(tmp_path / "store", clock=clock) as c:
         yield c
-
-
-def eventually(predicate, timeout: float = 5.0):
-    """Poll ``predicate`` (real time, tiny steps) until it is truthy; fail after ``timeout``."""
-    import time
-
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.002)
-    raise AssertionError(f"condition not met within {timeout} s: {predicate}")
-
-
-def waiting_step(run, key: str | None = None):
-    """The step of ``run`` waiting for an event (once it waits)."""
-    return eventually(
-        lambda: next(
-            (s for s in run.steps if s.status is nbdurable.StepStatus.WAITING and (key is None or s.key == key)),
-            None,
-        )
-    )

@@ -13,11 +13,11 @@ import json
 
 import inngest
 import pytest
-from conftest import waiting_step
 from inngest.experimental import mocked
 
 import nbdurable
 from nbdurable.testing import FakeClock
+from tests.waiting import waiting_step
 
 INNGEST = inngest.Inngest(app_id="compat", is_production=False)
 MOCK = mocked.Inngest(app_id="compat-mock", is_production=False)

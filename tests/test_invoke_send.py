@@ -7,10 +7,10 @@ import datetime
 import threading
 
 import pytest
-from conftest import eventually
 
 import nbdurable
 from nbdurable.testing import FakeClock
+from tests.waiting import eventually
 
 
 def _child(client, is_async: bool, calls: list, fail: bool = False):

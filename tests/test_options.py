@@ -7,10 +7,10 @@ import datetime
 import threading
 
 import pytest
-from conftest import eventually, waiting_step
 
 import nbdurable
 from nbdurable.testing import FakeClock
+from tests.waiting import eventually, waiting_step
 
 HOUR = 3_600_000
 

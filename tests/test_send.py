@@ -6,10 +6,10 @@ import asyncio
 import threading
 
 import pytest
-from conftest import eventually
 
 import nbdurable
 from nbdurable import _store
+from tests.waiting import eventually
 
 
 def _stored_events(client):

@@ -9,10 +9,10 @@ import sys
 import textwrap
 
 import pytest
-from conftest import eventually, waiting_step
 
 import nbdurable
 from nbdurable.testing import FakeClock, simulate_restart
+from tests.waiting import eventually, waiting_step
 
 HOUR = datetime.timedelta(hours=1)
 

@@ -1,0 +1,28 @@
+"""Helpers for tests of background runs: poll briefly until a run reaches a state."""
+
+from __future__ import annotations
+
+import nbdurable
+
+
+def eventually(predicate, timeout: float = 5.0):
+    """Poll ``predicate`` (real time, tiny steps) until it is truthy; fail after ``timeout``."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.002)
+    raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+
+
+def waiting_step(run, key: str | None = None):
+    """The step of ``run`` waiting for an event (once it waits)."""
+    return eventually(
+        lambda: next(
+            (s for s in run.steps if s.status is nbdurable.StepStatus.WAITING and (key is None or s.key == key)),
+            None,
+        )
+    )
