@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import logging
 import threading
@@ -46,6 +47,7 @@ class CronScheduler:
         self._wake = Signal()
         self._stopped = True
         self._thread: threading.Thread | None = None
+        self._home: asyncio.AbstractEventLoop | None = None
 
     @property
     def running(self) -> bool:
@@ -53,8 +55,19 @@ class CronScheduler:
         return self._thread is not None and self._thread.is_alive() and not self._stopped
 
     def start(self) -> None:
-        """Start the thread (no-op if it runs); schedules count from now."""
+        """Start the thread (no-op if it runs); schedules count from now.
+
+        Started on a long-lived event loop (a Jupyter kernel's), async functions' runs
+        become tasks on that loop, like those started from a cell.
+        """
+        from nbdurable._function import _TEMPORARY_LOOPS
+
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
         with self._lock:
+            self._home = loop if loop is not None and loop not in _TEMPORARY_LOOPS else None
             if self.running:
                 return
             self._stopped = False
@@ -123,7 +136,15 @@ class CronScheduler:
         if fn is None:
             return
         event = Event(CRON_EVENT, {"cron": cron}, ts=int(at * 1000))
-        try:
-            fn.start(event=event, run_id=cron_run_id(at))
-        except Exception:
-            log.exception("nbdurable: cron start of %s failed", fn_id)
+
+        def start() -> None:
+            try:
+                fn.start(event=event, run_id=cron_run_id(at))
+            except Exception:
+                log.exception("nbdurable: cron start of %s failed", fn_id)
+
+        loop = self._home
+        if fn.is_async and loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(start)
+        else:
+            start()

@@ -381,3 +381,18 @@ def test_missed_cron_ticks_fire_once(client, clock: FakeClock, is_async: bool) -
     eventually(lambda: [r.status for r in tick.runs()] == [nbdurable.RunStatus.COMPLETED])
     client.stop_cron()
     assert len(fired) == 1
+
+
+async def test_cron_runs_of_async_functions_are_tasks_on_the_starting_loop(client, clock: FakeClock) -> None:
+    """Started from a running loop (a kernel's), the scheduler puts async cron runs on that loop."""
+    loops: list[object] = []
+
+    @client.create_function(fn_id="tick", trigger=nbdurable.TriggerCron(cron="* * * * *"))
+    async def tick(ctx):
+        loops.append(asyncio.get_running_loop())
+
+    clock.advance(60)
+    while not loops:
+        await asyncio.sleep(0.005)
+    assert loops == [asyncio.get_running_loop()]
+    client.stop_cron()
