@@ -291,6 +291,7 @@ class Execution:
         self.replaying = False
         self.in_flight_before: str | None = None
         self.record: RunRecord | None = None
+        self.previous: RunRecord | None = None
         self.current: StepInfo | None = None
         self.beat_marked: str | None = None
         self.last_beat = 0.0
@@ -319,6 +320,7 @@ class Execution:
                 self.in_flight_before = cur.current_step
                 run.note = "resumed after the previous execution was interrupted"
             self.fresh = got is MISSING
+            self.previous = cur
             if cur is not None and self.fn.idempotency is not None:
                 # One idempotency key, one run: its body sees the event that created it.
                 ev = cur.event
@@ -365,6 +367,20 @@ class Execution:
         self.last_beat = now
         HEARTBEAT.add(self)
         run.emit("run_started")
+        self.cancel_from_store()
+
+    def cancel_from_store(self) -> None:
+        """Apply ``cancel`` events sent while no process executed this run (it was interrupted).
+
+        Events sent while it ran here cancelled it then; events sent by another process
+        while it waited are seen by the wait's looks in the store.
+        """
+        prev = self.previous
+        if not self.fn.cancel or prev is None or prev.status.finished:
+            return
+        for _, rec in self.store.events_after(self.client.app_id, 0):
+            if rec.received_at is not None and rec.received_at >= prev.updated_at:
+                self.client._cancel_for(Event(rec.name, rec.data, rec.id, rec.ts), self.fn, self.run)
 
     def beat(self) -> None:
         """Refresh the lease; record the step in flight once it has run a while."""

@@ -142,7 +142,8 @@ class Cancel:
 
     The run stops between steps (a sleep or a wait ends at once) with status CANCELLED.
     Events sent in this process cancel at once; events sent by another process are seen
-    when the run next looks in the store (while it waits for an event).
+    when the run next looks in the store (while it waits for an event, or when an
+    interrupted run resumes).
 
     Args:
         event: the event name.

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 import nbdurable
-from nbdurable.testing import FakeClock
+from nbdurable.testing import FakeClock, simulate_restart
 from tests.waiting import eventually, waiting_step
 
 HOUR = 3_600_000
@@ -396,3 +396,57 @@ async def test_cron_runs_of_async_functions_are_tasks_on_the_starting_loop(clien
         await asyncio.sleep(0.005)
     assert loops == [asyncio.get_running_loop()]
     client.stop_cron()
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_cancel_event_sent_while_a_run_was_interrupted_cancels_its_resume(tmp_path, is_async: bool) -> None:
+    """A run stopped mid-wait; a cancel event sent before it resumes stops it when it resumes."""
+
+    class StopsInWait(FakeClock):
+        stop = True
+
+        def wait(self, signal, seconds):
+            if self.stop:
+                self.stop = False
+                raise KeyboardInterrupt
+            return super().wait(signal, seconds)
+
+        async def await_signal(self, signal, seconds):
+            if self.stop:
+                self.stop = False
+                raise KeyboardInterrupt
+            return await super().await_signal(signal, seconds)
+
+    calls: list[str] = []
+
+    def define(client):
+        options = {"fn_id": "order", "cancel": [nbdurable.Cancel(event="app/stop")]}
+        if is_async:
+
+            @client.create_function(**options)
+            async def fn(ctx):
+                await ctx.step.wait_for_event("w", event="app/go", timeout=HOUR)
+                await ctx.step.run("ship", lambda: calls.append("ship"))
+
+        else:
+
+            @client.create_function(**options)
+            def fn(ctx):
+                ctx.step.wait_for_event("w", event="app/go", timeout=HOUR)
+                ctx.step.run("ship", lambda: calls.append("ship"))
+
+        return fn
+
+    clock = StopsInWait()
+    client = nbdurable.Client("t", store=tmp_path / "s", clock=clock)
+    with pytest.raises(KeyboardInterrupt):
+        define(client).run()
+    client = simulate_restart(client)
+    clock.advance(1)
+    client.send_sync([nbdurable.Event("app/stop"), nbdurable.Event("app/go")])
+    fn = define(client)
+    with pytest.raises(nbdurable.RunCancelledError):
+        fn.run()
+    assert calls == []
+    assert fn.runs()[0].status is nbdurable.RunStatus.CANCELLED
+    nbdurable._store.Store.forget(tmp_path / "s")
