@@ -37,16 +37,39 @@ def run_blocking(awaitable: Awaitable[T]) -> T:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(_as_coroutine(awaitable))
-    import nest_asyncio
+        loop = None
+    try:
+        if loop is None:
+            return asyncio.run(_as_coroutine(awaitable, temporary=True))
+        import nest_asyncio
 
-    nest_asyncio.apply(loop)
-    return loop.run_until_complete(awaitable)
+        nest_asyncio.apply(loop)
+        return loop.run_until_complete(_as_coroutine(awaitable, temporary=False))
+    except _Interrupted as carried:
+        interrupt = carried.interrupt
+    raise interrupt  # outside the except block: the interrupt keeps its own traceback and context
 
 
-async def _as_coroutine(awaitable: Awaitable[T]) -> T:
-    _TEMPORARY_LOOPS.add(asyncio.get_running_loop())
-    return await awaitable
+class _Interrupted(Exception):  # noqa: N818 - a carrier, never seen by users
+    """Carries a KeyboardInterrupt / SystemExit out of a task.
+
+    A task that raises one of them keeps it as an exception nobody retrieves; its
+    "never retrieved" log, when garbage collected, can land anywhere (even inside a
+    parse by the compiler). As an ordinary exception it is retrieved and re-raised.
+    """
+
+    def __init__(self, interrupt: BaseException) -> None:
+        super().__init__(repr(interrupt))
+        self.interrupt = interrupt
+
+
+async def _as_coroutine(awaitable: Awaitable[T], *, temporary: bool) -> T:
+    if temporary:
+        _TEMPORARY_LOOPS.add(asyncio.get_running_loop())
+    try:
+        return await awaitable
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise _Interrupted(exc) from None
 
 
 class _Slots:
