@@ -58,7 +58,14 @@ def _plan_invoke(ex: Execution, step_id: str, function: Any, data: Any, timeout:
             f"{type(function).__name__} {function!r:.60}. Fix: step.invoke({step_id!r}, function=my_fn, data={{...}})"
         )
         raise TypeError(msg)
-    Event("inngest/function.invoked", data or {})  # checks the data is JSON now
+    if data is not None and not isinstance(data, dict):
+        msg = f"{what}: data must be a dict of JSON values, got {type(data).__name__} {data!r:.60}"
+        raise TypeError(msg)
+    try:
+        Event("inngest/function.invoked", data or {})  # checks the data is JSON before anything runs
+    except TypeError as exc:
+        msg = f"{what}: {exc}"
+        raise TypeError(msg) from None
     seconds = None if timeout is None else duration_seconds(timeout, f"{what} timeout")
     return ex.plan_invoke(step_id, function, dict(data or {}), seconds)
 

@@ -216,3 +216,19 @@ def test_send_event_triggers_an_async_function_on_the_same_loop(client) -> None:
 
     asyncio.run(asyncio.wait_for(main(), 10))
     assert [r.status for r in listener.runs()] == [nbdurable.RunStatus.COMPLETED]
+
+
+@pytest.mark.parametrize(("data", "text"), [([1, 2], "data must be a dict"), ({"when": datetime.date.today()}, "JSON")])
+def test_invoke_rejects_bad_data_before_starting_the_child(client, data, text) -> None:
+    """Non-dict or non-JSON data fails at the call, naming the step; no child run starts."""
+    child = _child(client, False, [])
+
+    @client.create_function(fn_id="p", retries=0)
+    def parent(ctx):
+        ctx.step.invoke("sum", function=child, data=data)
+
+    with pytest.raises(nbdurable.RunFailedError) as info:
+        parent.run()
+    assert "step.invoke('sum')" in str(info.value.__cause__)
+    assert text in str(info.value.__cause__)
+    assert child.runs() == []
