@@ -46,6 +46,10 @@ if TYPE_CHECKING:
     from nbdurable._function import Function
 
 _IN_HANDLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("nbdurable_in_handler", default=None)
+ON_FIRST_KEY: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "nbdurable_on_first_key", default=None
+)
+"""Set by a sync parallel group in each member's context: called once the member's first step has its key."""
 log = logging.getLogger("nbdurable")
 _META: dict[tuple[object, str], tuple[Codec, str]] = {}
 
@@ -282,6 +286,7 @@ class Execution:
         self.key = _store.run_key(client.app_id, fn.id, run.id)
         self.prefix = _store.step_prefix(client.app_id, fn.id, run.id)
         self.counts: dict[str, int] = {}
+        self.key_lock = threading.Lock()
         self.max_attempts = fn.retries + 1
         self.serializer = fn.serializer or client.serializer
         self.on_change = fn.on_change
@@ -530,8 +535,13 @@ class Execution:
         if type(step_id) is not str or not step_id:
             msg = f"step id must be a non-empty str, got {step_id!r}. Fix: ctx.step.{tool}('fetch-users', ...)"
             raise ValueError(msg)
-        n = self.counts.get(step_id, 0)
-        self.counts[step_id] = n + 1
+        with self.key_lock:
+            n = self.counts.get(step_id, 0)
+            self.counts[step_id] = n + 1
+        keyed = ON_FIRST_KEY.get()
+        if keyed is not None:
+            ON_FIRST_KEY.set(None)
+            keyed()
         return step_id if n == 0 else f"{step_id}:{n}"
 
     def lookup(self, key: str) -> tuple[StepRecord, bytes] | None:

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import dataclasses
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from nbdurable._engine import Execution, Replayed, StepGen, drive_async, drive_sync, duration_seconds, timestamp_of
+from nbdurable._engine import (
+    ON_FIRST_KEY,
+    Execution,
+    Replayed,
+    StepGen,
+    drive_async,
+    drive_sync,
+    duration_seconds,
+    timestamp_of,
+)
 from nbdurable._events import Event, as_events
 
 if TYPE_CHECKING:
@@ -310,7 +321,9 @@ class Group:
         """Run step callables concurrently as tasks; results in the order given.
 
         Each inner step is stored on its own, so a re-execution replays the finished ones
-        and runs only the rest. Give inner steps distinct ids.
+        and runs only the rest. Members are started in order, each once the one before has
+        keyed its first step, so repeated step ids (``item``, ``item:1``...) map to the same
+        member on every execution.
 
         Example:
             >>> a, b = await ctx.group.parallel([
@@ -318,7 +331,14 @@ class Group:
             ...     lambda: ctx.step.run("b", fetch, 2),
             ... ])  # doctest: +SKIP
         """
-        return tuple(await asyncio.gather(*(c() for c in callables)))
+        tasks = []
+        for member in callables:
+            keyed = asyncio.Event()
+            tasks.append(asyncio.ensure_future(_amember(member, keyed)))
+            # Start members in turn (see GroupSync.parallel), never stalling on one that has no step.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(keyed.wait(), _KEY_TURN_SECONDS)
+        return tuple(await asyncio.gather(*tasks))
 
 
 class GroupSync:
@@ -333,7 +353,9 @@ class GroupSync:
         """Run step callables concurrently in a thread pool; results in the order given.
 
         Each inner step is stored on its own, so a re-execution replays the finished ones
-        and runs only the rest. Give inner steps distinct ids.
+        and runs only the rest. Members are started in order, each once the one before has
+        keyed its first step, so repeated step ids (``item``, ``item:1``...) map to the same
+        member on every execution.
 
         Example:
             >>> a, b = ctx.group.parallel([
@@ -344,8 +366,33 @@ class GroupSync:
         if not callables:
             return ()
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, len(callables))) as pool:
-            futures = [pool.submit(contextvars.copy_context().run, c) for c in callables]
+            futures = []
+            for member in callables:
+                keyed = threading.Event()
+                context = contextvars.copy_context()
+                context.run(ON_FIRST_KEY.set, keyed.set)
+                futures.append(pool.submit(context.run, _member, member, keyed))
+                # A member that never reaches a step (or waits on a later one) must not stall the group.
+                keyed.wait(_KEY_TURN_SECONDS)
             return tuple(f.result() for f in futures)
+
+
+_KEY_TURN_SECONDS = 1.0
+
+
+async def _amember(member: Callable[[], Awaitable[T]], keyed: asyncio.Event) -> T:
+    ON_FIRST_KEY.set(keyed.set)
+    try:
+        return await member()
+    finally:
+        keyed.set()
+
+
+def _member(member: Callable[[], T], keyed: threading.Event) -> T:
+    try:
+        return member()
+    finally:
+        keyed.set()
 
 
 class _ReplayAwareLogger(logging.LoggerAdapter):  # type: ignore[type-arg]

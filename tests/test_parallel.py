@@ -125,3 +125,38 @@ def test_parallel_members_can_sleep_and_wait(client) -> None:
 
     assert mix.run() == (None, 1)
     assert sorted(s.key for s in client.get_run(mix.runs()[0].id).steps) == ["nap", "x"]
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_repeated_ids_map_to_the_same_member_every_time(client, is_async: bool) -> None:
+    """Members sharing a step id get item, item:1, ... in member order, so a replay returns each its own value."""
+    import random
+
+    def member(i: int):
+        time.sleep(random.uniform(0, 0.01))  # scrambles start order unless members are keyed in turn
+        return ctx_holder[0].step.run("item", lambda: i)
+
+    async def amember(i: int):
+        await asyncio.sleep(random.uniform(0, 0.01))
+        return await ctx_holder[0].step.run("item", lambda: i)
+
+    ctx_holder: list = []
+    if is_async:
+
+        @client.create_function(fn_id="fan")
+        async def fan(ctx):
+            ctx_holder[:] = [ctx]
+            return await ctx.group.parallel([lambda i=i: amember(i) for i in range(8)])
+
+    else:
+
+        @client.create_function(fn_id="fan")
+        def fan(ctx):
+            ctx_holder[:] = [ctx]
+            return ctx.group.parallel([lambda i=i: member(i) for i in range(8)])
+
+    for _ in range(3):
+        assert fan.run() == tuple(range(8))
+    run = client.get_run(client.runs("fan")[0].id)
+    stored = {s.key for s in run.steps}
+    assert stored == {"item"} | {f"item:{i}" for i in range(1, 8)}
