@@ -628,21 +628,7 @@ class Execution:
                 StaleStepWarning,
                 stacklevel=4,
             )
-        info = StepInfo(
-            key=key,
-            step_id=step_id,
-            kind=rec.kind,
-            status=StepStatus.REPLAYED,
-            attempts=rec.attempts,
-            max_attempts=self.max_attempts,
-            started_at=rec.started_at,
-            duration=rec.duration,
-            output=value,
-            has_output=True,
-            stale=stale,
-        )
-        self.add_step(info, "step_replayed")
-        return Replayed(value)
+        return self._replayed(key, step_id, rec, value, max_attempts=self.max_attempts, stale=stale)
 
     def attempts(self, p: Pending) -> StepGen:
         """Execute a step: call its handler until it succeeds or its attempts run out."""
@@ -768,21 +754,32 @@ class Execution:
             self.store.put(self.key, self.record)
             self.last_beat = now
 
-    def _special_replay(
-        self, key: str, step_id: str, rec: StepRecord, value: Any, event: str | None = None, has_output: bool = True
+    def _replayed(
+        self,
+        key: str,
+        step_id: str,
+        rec: StepRecord,
+        value: Any,
+        event: str | None = None,
+        has_output: bool = True,
+        *,
+        max_attempts: int = 1,
+        stale: bool = False,
     ) -> Replayed:
+        """Show a stored step as replayed and hand back its value."""
         info = StepInfo(
             key=key,
             step_id=step_id,
             kind=rec.kind,
             status=StepStatus.REPLAYED,
             attempts=rec.attempts,
-            max_attempts=1,
+            max_attempts=max_attempts,
             started_at=rec.started_at,
             duration=rec.duration,
             output=value,
             has_output=has_output,
             event=event,
+            stale=stale,
         )
         self.add_step(info, "step_replayed")
         return Replayed(value)
@@ -827,7 +824,7 @@ class Execution:
         key = self.step_key(step_id, tool)
         got = self.lookup(key)
         if got is not None and got[0].status == "COMPLETED":
-            return self._special_replay(key, step_id, got[0], None, has_output=False)
+            return self._replayed(key, step_id, got[0], None, has_output=False)
         self.replaying = False
         if got is not None and got[0].status == "SLEEPING" and got[0].wake_at is not None:
             started, until = got[0].started_at, got[0].wake_at
@@ -869,7 +866,7 @@ class Execution:
         if got is not None and got[0].status == "COMPLETED":
             data = JSON.loads(got[1]) if got[1] else None
             value = Event(**data) if isinstance(data, dict) else None
-            return self._special_replay(key, step_id, got[0], value, event)
+            return self._replayed(key, step_id, got[0], value, event)
         self.replaying = False
         meta = got[0].meta if got is not None and got[0].status == "WAITING" else None
         if got is not None and meta is not None and got[0].wake_at is not None:
@@ -939,7 +936,7 @@ class Execution:
         got = self.lookup(key)
         if got is not None and got[0].status == "COMPLETED":
             codec = PICKLE if got[0].serializer == "pickle" else codec
-            return self._special_replay(key, step_id, got[0], codec.loads(got[1]))
+            return self._replayed(key, step_id, got[0], codec.loads(got[1]))
         self.replaying = False
         basis = f"{self.fn.id}\x00{self.run.id}\x00{key}"
         child_id = hashlib.sha256(basis.encode()).hexdigest()[:16]
@@ -1009,7 +1006,7 @@ class Execution:
         key = self.step_key(step_id, "send_event")
         got = self.lookup(key)
         if got is not None and got[0].status == "COMPLETED":
-            return self._special_replay(key, step_id, got[0], JSON.loads(got[1]))
+            return self._replayed(key, step_id, got[0], JSON.loads(got[1]))
         self.replaying = False
         info = StepInfo(key=key, step_id=step_id, kind="send", max_attempts=self.max_attempts)
         pending = Pending(key, self.client._send_now, (events,), JSON, None, info)
