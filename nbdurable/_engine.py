@@ -650,7 +650,8 @@ class Execution:
             exc: Exception = value
             info.error = _error_info(exc)
             info.duration = self.clock.now() - started
-            if isinstance(exc, NonRetriableError) or failures >= self.max_attempts:
+            # A nested step is a mistake in the code: retrying cannot make it succeed.
+            if isinstance(exc, (NonRetriableError, NestedStepError)) or failures >= self.max_attempts:
                 self.fail(p, started)
                 raise StepError(exc.__str__(), type(exc).__name__, info.error.stack, p.key) from exc
             if isinstance(exc, RetryAfterError):
