@@ -67,7 +67,10 @@ class PydanticCodec:
         try:
             return self.adapter.dump_json(value, warnings="error")
         except Exception as exc:  # noqa: BLE001 - pydantic raises several types here
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            # pydantic's text starts with a heading ("Pydantic serializer warnings:"): show the detail.
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = [line for line in lines if not line.endswith(":")]
+            first = (detail or lines or [type(exc).__name__])[0]
             msg = (
                 f"step {step_key!r} returned {_describe(value)}, which does not match its output type "
                 f"{_type_name(self.tp)} ({first}). Fix: return a {_type_name(self.tp)}, or correct the "
