@@ -29,15 +29,36 @@ def _new_id() -> str:
 
 def canonical_json(data: Any, *, what: str) -> str:
     """Canonical JSON text of event data; a clear ``TypeError`` when it is not JSON."""
+    bad_keys = _non_str_keys(data)  # json would turn them into str: the run would see other data
     try:
-        return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
-        msg = (
-            f"{what} must be JSON data (dict of str, int, float, bool, None, lists and dicts); "
-            f"got {data!r:.80} ({exc}). Fix: convert the value (e.g. str(x), x.isoformat(), "
-            "model.model_dump(mode='json')) before passing it."
-        )
-        raise TypeError(msg) from None
+        problem = str(exc)
+    else:
+        if not bad_keys:
+            return text
+        problem = f"keys must be str, got {bad_keys[0]!r}"
+    msg = (
+        f"{what} must be JSON data (dict of str, int, float, bool, None, lists and dicts); "
+        f"got {data!r:.80} ({problem}). Fix: convert the value (e.g. str(x), x.isoformat(), "
+        "model.model_dump(mode='json')) before passing it."
+    )
+    raise TypeError(msg)
+
+
+def _non_str_keys(data: Any) -> list[Any]:
+    """The dict keys in ``data`` that are not a str (at most one: the first found)."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            found = [key] if not isinstance(key, str) else _non_str_keys(value)
+            if found:
+                return found
+    elif isinstance(data, (list, tuple)):
+        for value in data:
+            found = _non_str_keys(value)
+            if found:
+                return found
+    return []
 
 
 @dataclasses.dataclass
