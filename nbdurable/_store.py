@@ -260,6 +260,9 @@ class Store:
             fix = "free disk space on that volume, or point the store elsewhere"
         elif "readonly" in low or "read-only" in low or isinstance(exc, PermissionError):
             fix = "make the directory writable, or choose another path"
+        elif not _writable(self.path):  # sqlite says only "unable to open database file"
+            text += " (the directory is read-only)"
+            fix = "make the directory writable, or choose another path"
         elif isinstance(exc, (NotADirectoryError, FileExistsError)):
             fix = "remove that file or choose another path"
         elif isinstance(exc, diskcache.Timeout):
@@ -278,7 +281,7 @@ class Store:
             return MISSING
         try:
             cut = raw.index(b"\n")
-            return model.model_validate_json(raw[:cut]), raw[cut + 1 :]
+            record = model.model_validate_json(raw[:cut])
         except (ValueError, TypeError, AttributeError, pydantic.ValidationError) as exc:
             self._check_future(key, raw)
             warnings.warn(
@@ -288,6 +291,9 @@ class Store:
                 stacklevel=4,
             )
             return CORRUPT
+        if record.v > SCHEMA_VERSION:  # same fields today, other meaning maybe: never guess
+            self._check_future(key, raw)
+        return record, raw[cut + 1 :]
 
     def _check_future(self, key: str, raw: Any) -> None:
         import json
@@ -339,7 +345,12 @@ class Store:
 
     def scan(self, prefix: str) -> dict[str, bytes | None]:
         """Every record under ``prefix``: its raw value, or None where diskcache keeps it in a file."""
-        return {key: bytes(value) if mode == MODE_RAW else None for key, mode, value in self._range(prefix)}
+        # A raw value that is not bytes (a str or number written by other code) is read back via
+        # ``get``, which reports it as corrupt instead of failing here.
+        return {
+            key: bytes(value) if mode == MODE_RAW and isinstance(value, bytes) else None
+            for key, mode, value in self._range(prefix)
+        }
 
     def decode_step(self, key: str, raw: bytes | None) -> tuple[StepRecord, bytes] | Any:
         """A step record from a raw value given by ``scan`` (read from its file when None)."""
@@ -416,6 +427,13 @@ class Store:
             if got is not MISSING and got is not CORRUPT:
                 out.append(got[0])
         return out
+
+
+def _writable(path: str) -> bool:
+    """Whether ``path``, or the nearest existing directory above it, can be written."""
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return os.access(path, os.W_OK)
 
 
 def _pretty(key: str) -> str:
