@@ -413,10 +413,22 @@ class Store:
         returns the new record and payload, or ``None`` to leave it as is. It may raise to
         abort, leaving the record untouched.
         """
-        with self._guard("write"), self.cache.transact(retry=True):
-            new = change(self.get_run(key))
-            if new is not None:
-                self.put(key, new[0], new[1])
+        # diskcache deletes the file of a value it replaces when the inner write ends, before an
+        # enclosing transaction commits: a process killed in between would leave the row naming a
+        # deleted file (a lost run record). Defer those deletions until after the commit.
+        deferred: list[str] = []
+        disk = self.cache._disk
+        with self._guard("write"):
+            with self.cache.transact(retry=True):
+                new = change(self.get_run(key))
+                if new is not None:
+                    disk.remove = _deferring_remove(disk, deferred)
+                    try:
+                        self.put(key, new[0], new[1])
+                    finally:
+                        del disk.remove
+            for name in deferred:
+                disk.remove(name)
 
     def runs(self, app: str, function_id: str | None = None) -> list[RunRecord]:
         """Every readable run record of an app (or one function)."""
@@ -427,6 +439,19 @@ class Store:
             if got is not MISSING and got is not CORRUPT:
                 out.append(got[0])
         return out
+
+
+def _deferring_remove(disk: Any, deferred: list[str]) -> Callable[[str], None]:
+    """``disk.remove`` that, in this thread, only notes the file (others' calls pass through)."""
+    me = threading.get_ident()
+
+    def remove(name: str) -> None:
+        if threading.get_ident() == me:
+            deferred.append(name)
+        else:
+            type(disk).remove(disk, name)
+
+    return remove
 
 
 def _writable(path: str) -> bool:
