@@ -14,11 +14,15 @@ import signal
 import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
+import diskcache
 import pytest
 
+import nbdurable
 from nbdurable import _store
 from nbdurable._types import RunStatus
+from nbdurable.testing import FakeClock
 from tests.reliability import workload as w
 
 CTX = w.context()
@@ -43,7 +47,8 @@ COUNTERS = (
 
 
 def _life(store: Path, logdir: Path, seed: int) -> BaseProcess:
-    return CTX.Process(target=w.life, args=(str(store), str(logdir), seed), daemon=True)
+    mode = "async" if seed % 2 else "sync"  # odd trials drive the async face
+    return CTX.Process(target=w.life, args=(str(store), str(logdir), seed, mode), daemon=True)
 
 
 def _uninterrupted(root: Path, seed: int) -> tuple[list[str], float]:
@@ -194,3 +199,40 @@ def test_killed_run_resumes_to_the_same_output_and_never_reruns_a_completed_step
         assert 0 <= extra <= kills_in_flight[i], (i, executions[i], kills_in_flight[i])
     assert fig["duplicate executions after completion"] == 0
     assert fig["steps lost"] == 0
+
+
+def test_dying_while_taking_the_lease_keeps_a_run_record_stored_in_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (found by the trials above): a run whose output is over 32 KB has its record in a file.
+
+    diskcache deleted that file when the next execution's lease write ended, before the
+    lease transaction committed: a process killed in between left the row pointing at no
+    file, the run read as absent, and every completed step executed again. Here the
+    "kill" is a KeyboardInterrupt right after the deletion, which rolls the transaction back.
+    """
+    client = nbdurable.Client("lease-file", store=str(tmp_path / "store"), clock=FakeClock())
+    try:
+        calls: list[str] = []
+
+        @client.create_function(fn_id="f")
+        def f(ctx: nbdurable.ContextSync) -> list[str]:
+            return [ctx.step.run("big", lambda: calls.append("big") or "x" * 40_000)]
+
+        assert f.run(run_id="r") == ["x" * 40_000]
+        real_remove = diskcache.Disk.remove
+
+        def remove_then_die(self: Any, file_path: str) -> None:
+            real_remove(self, file_path)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(diskcache.Disk, "remove", remove_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            f.run(run_id="r")
+        monkeypatch.undo()
+        key = _store.run_key("lease-file", "f", "r")
+        assert client.store.get_run(key) is not _store.MISSING, "the run record was lost"
+        assert f.run(run_id="r") == ["x" * 40_000]
+        assert calls == ["big"], "a completed step executed again"
+    finally:
+        _store.Store.forget(tmp_path / "store")

@@ -4,7 +4,7 @@ A three-step durable function is driven by a script of per-attempt outcomes (fai
 NonRetriableError, RetryAfterError, KeyboardInterrupt; success when the script is empty).
 A plain-Python model predicts every handler call, every retry delay, every step status and
 what the store holds; after each rule the runtime must agree with the model exactly.
-Examples scale with ``NBDURABLE_TRIALS``.
+Examples: 50 in the normal test run, 5 x ``NBDURABLE_TRIALS`` under ``make reliability``.
 """
 
 from __future__ import annotations
@@ -74,6 +74,21 @@ class DurableRunMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
+        fig = w.figures("state machine")
+        fig["examples (sequences of rules)"] = fig.get("examples (sequences of rules)", 0) + 1
+        for name in (
+            "run COMPLETED",
+            "run FAILED (ValueError)",
+            "run FAILED (NonRetriableError)",
+            "run FAILED (RetryAfterError)",
+            "run INTERRUPTED",
+            "handler calls",
+            "steps replayed",
+            "stale replays warned",
+            "handler code changed",
+            "store reopened",
+        ):
+            fig.setdefault(name, 0)
         self.path = tempfile.mkdtemp(prefix="nbdurable-machine-")
         self.clock = FakeClock()
         self.script = Script()
@@ -130,11 +145,15 @@ class DurableRunMachine(RuleBasedStateMachine):
     @rule(name=st.sampled_from(NAMES))
     def change_code(self, name: str) -> None:
         """The step's handler is edited (or the edit is undone)."""
+        fig = w.figures("state machine")
+        fig["handler code changed"] = fig.get("handler code changed", 0) + 1
         self.versions[name] = 1 - self.versions[name]
 
     @rule()
     def reopen(self) -> None:
         """Kernel restart: the store is closed and reopened, the function defined again."""
+        fig = w.figures("state machine")
+        fig["store reopened"] = fig.get("store reopened", 0) + 1
         assert self.client is not None
         self.client = simulate_restart(self.client)
         self._define()
@@ -150,9 +169,19 @@ class DurableRunMachine(RuleBasedStateMachine):
         """The run is executed again (a re-run cell), after scripting ``plan``: compare with the model."""
         for name, kind, times in plan:
             self.script_outcomes(name, kind, times)
+        calls_before = sum(self.calls.values())
         expected_steps, warned, failure = self._predict()
         assert self.status is not None
-        event(f"run {self.status.value}" + (f" ({failure[1].__name__})" if failure else ""))
+        outcome_name = f"run {self.status.value}" + (f" ({failure[1].__name__})" if failure else "")
+        event(outcome_name)
+        fig = w.figures("state machine")
+        fig[outcome_name] = fig.get(outcome_name, 0) + 1
+        for name, value in (
+            ("steps replayed", sum(s[1] is nbdurable.StepStatus.REPLAYED for s in expected_steps)),
+            ("stale replays warned", warned),
+            ("handler calls", sum(self.calls.values()) - calls_before),
+        ):
+            fig[name] = fig.get(name, 0) + value
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             outcome: Any
@@ -266,7 +295,7 @@ class DurableRunMachine(RuleBasedStateMachine):
 
 TestDurableRun = DurableRunMachine.TestCase
 TestDurableRun.settings = settings(
-    max_examples=max(25, w.TRIALS),
+    max_examples=max(50, 5 * w.TRIALS),
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

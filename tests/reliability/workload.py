@@ -53,8 +53,13 @@ def context() -> ForkServerContext:
 
 
 def step_output(seed: int, i: int, prev: str) -> str:
-    """Step ``i``'s output: depends on the run's data and on the previous step's output."""
-    return hashlib.sha256(f"{seed}:{i}:{prev}".encode()).hexdigest()[:16]
+    """Step ``i``'s output: depends on the run's data and on the previous step's output.
+
+    Every fifth output is padded past 32 KB, which diskcache keeps in a file of its own
+    beside the database: kills then also land while such a file is written.
+    """
+    link = hashlib.sha256(f"{seed}:{i}:{prev}".encode()).hexdigest()[:16]
+    return link + "." * 40_000 if i % 5 == 4 else link
 
 
 def expected_output(seed: int, steps: int = STEPS) -> list[str]:
@@ -89,8 +94,23 @@ def work(logdir: str, i: int, prev: str, seed: int, seconds: float) -> str:
     return out
 
 
-def define(client: nbdurable.Client, logdir: str, steps: int = STEPS, seconds: float = STEP_SECONDS) -> Any:
-    """The workflow: ``steps`` steps, each fed the previous step's output."""
+def define(
+    client: nbdurable.Client, logdir: str, steps: int = STEPS, seconds: float = STEP_SECONDS, mode: str = "sync"
+) -> Any:
+    """The workflow: ``steps`` steps, each fed the previous step's output (sync or async face)."""
+    if mode == "async":
+
+        @client.create_function(fn_id=FN_ID, retries=0)
+        async def achain(ctx: nbdurable.Context) -> list[str]:
+            seed = ctx.event.data["seed"]
+            outs: list[str] = []
+            prev = ""
+            for i in range(steps):
+                prev = await ctx.step.run(f"step-{i:02d}", work, logdir, i, prev, seed, seconds)
+                outs.append(prev)
+            return outs
+
+        return achain
 
     @client.create_function(fn_id=FN_ID, retries=0)
     def chain(ctx: nbdurable.ContextSync) -> list[str]:
@@ -105,10 +125,10 @@ def define(client: nbdurable.Client, logdir: str, steps: int = STEPS, seconds: f
     return chain
 
 
-def life(store: str, logdir: str, seed: int) -> None:
+def life(store: str, logdir: str, seed: int, mode: str = "sync") -> None:
     """One worker life: run the workflow (resuming what is stored) and write its output."""
     client = nbdurable.Client(APP, store=store)
-    out = define(client, logdir).run({"seed": seed}, run_id=f"trial-{seed}")
+    out = define(client, logdir, mode=mode).run({"seed": seed}, run_id=f"trial-{seed}")
     tmp = os.path.join(logdir, f"output.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         json.dump(out, f)
