@@ -127,14 +127,14 @@ def test_killed_run_resumes_to_the_same_output_and_never_reruns_a_completed_step
         p.start()
         if last:
             p.join(60)
-        elif (
-            rng.random() < 0.2 or len(completed) == w.STEPS
-        ):  # during start-up: lease, store reads, replay of stored steps
+        elif rng.random() < 0.2:  # during start-up (lease, store reads, replay) or the run's end
             p.join(rng.uniform(0.0, replay))
-        else:  # while step j executes, or soon after it
+        elif len(completed) < w.STEPS:  # while step j executes, or soon after it
             j = rng.randrange(len(completed), w.STEPS)
             _wait_until_started(p, logdir / f"step-{j:02d}.log")
             p.join(rng.uniform(0.0, 1.5 * w.STEP_SECONDS))
+        else:  # every step is stored: let this worker finish the run
+            p.join(60)
         if p.exitcode is None:
             p.kill()  # SIGKILL
             p.join()
