@@ -2,7 +2,9 @@
 
 Each trial runs the 20-step workflow of ``workload`` in worker processes, kills each worker
 with SIGKILL after a seeded random delay, and starts a new worker on the same store, until
-one finishes. After every worker's death the store is opened cold and every record read.
+one finishes. Then the completed run is run again a few times, killed during start-up (a
+re-run cell), and once more to the end. After every worker's death the store is opened cold
+and every record read.
 Scale with ``NBDURABLE_TRIALS`` (``make reliability`` runs 200 trials).
 """
 
@@ -28,6 +30,8 @@ from tests.reliability import workload as w
 CTX = w.context()
 MAX_LIVES = 60
 """A trial's last worker is never killed (in practice a trial needs a handful)."""
+RERUNS = 3
+"""Once the run completed, it is run again this many times with a kill during start-up, then once more."""
 
 COUNTERS = (
     "trials",
@@ -36,6 +40,7 @@ COUNTERS = (
     "kills inside a step handler",
     "kills after a handler returned, before its record was written",
     "kills elsewhere (start-up, between steps, run end)",
+    "kills while re-running the completed run",
     "most kills in one trial",
     "step executions",
     "re-executions of the step in flight at a kill",
@@ -120,13 +125,18 @@ def test_killed_run_resumes_to_the_same_output_and_never_reruns_a_completed_step
     executions = [0] * w.STEPS
     kills_in_flight = [0] * w.STEPS
     kills = 0
+    finished_once = False
+    reruns = 0
     fig["trials"] += 1
     for life in range(MAX_LIVES):
         p = _life(store, logdir, seed)
-        last = life == MAX_LIVES - 1
+        final = life == MAX_LIVES - 1 or reruns == RERUNS
         p.start()
-        if last:
+        if final:
             p.join(60)
+        elif finished_once:  # the run is complete: run it again (a re-run cell), killed in its start-up
+            reruns += 1
+            p.join(rng.uniform(0.0, replay))
         elif rng.random() < 0.2:  # during start-up (lease, store reads, replay) or the run's end
             p.join(rng.uniform(0.0, replay))
         elif len(completed) < w.STEPS:  # while step j executes, or soon after it
@@ -176,6 +186,8 @@ def test_killed_run_resumes_to_the_same_output_and_never_reruns_a_completed_step
                 fig["kills inside a step handler"] += 1
             for i, _ in in_flight:
                 kills_in_flight[i] += 1
+            if finished_once:
+                fig["kills while re-running the completed run"] += 1
             if run is not None:  # a dead owner's run reads as INTERRUPTED, or it had completed
                 status = _store.effective_status(run, time.time())
                 assert status in (RunStatus.INTERRUPTED, RunStatus.COMPLETED), status
@@ -186,7 +198,9 @@ def test_killed_run_resumes_to_the_same_output_and_never_reruns_a_completed_step
             assert run.owner is None
         completed = now_completed
         if not killed:
-            break
+            if final:
+                break
+            finished_once = True
 
     fig["most kills in one trial"] = max(fig["most kills in one trial"], kills)
     output = json.loads((logdir / "output.json").read_text())
