@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def _starts(logdir: Path, steps: int) -> list[list[int]]:
 
 
 @pytest.fixture
-def dirs(tmp_path: Path) -> tuple[Path, Path]:
+def dirs(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     logdir = tmp_path / "logs"
     logdir.mkdir()
     store = tmp_path / "store"
