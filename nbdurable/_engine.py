@@ -51,7 +51,7 @@ ON_FIRST_KEY: contextvars.ContextVar[Callable[[], None] | None] = contextvars.Co
 )
 """Set by a sync parallel group in each member's context: called once the member's first step has its key."""
 log = logging.getLogger("nbdurable")
-_META: dict[tuple[object, str], tuple[Codec, str]] = {}
+_META: dict[tuple[object, str, object], tuple[Codec, str]] = {}
 
 
 class CancelSignal(BaseException):
@@ -593,15 +593,21 @@ class Execution:
         """The codec and fingerprint of a step call; cached per code object for plain calls."""
         code = getattr(handler, "__code__", None)
         cacheable = code is not None and not args and output_type is None
+        key: tuple[object, str, object] = (code, self.serializer, None)
         if cacheable:
-            meta = _META.get((code, self.serializer))
+            # Closures made by one factory share a code object, not their return annotation.
+            key = (code, self.serializer, handler.__annotations__.get("return"))
+            try:
+                meta = _META.get(key)
+            except TypeError:  # an unhashable annotation object: not cached
+                cacheable, meta = False, None
             if meta is not None:
                 return meta[0], None if self.on_change == "ignore" else meta[1]
         out_type = return_annotation(handler) if output_type is None else output_type
         codec = codec_for(self.serializer, out_type)
         fp = fingerprint(handler, args)
         if cacheable:
-            _META[(code, self.serializer)] = (codec, fp)
+            _META[key] = (codec, fp)
         return codec, None if self.on_change == "ignore" else fp
 
     def replay(

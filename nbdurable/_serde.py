@@ -141,7 +141,7 @@ _annotation_cache: dict[object, Any] = {}
 
 
 def return_annotation(handler: Any) -> Any:
-    """The handler's resolved return annotation, or ``NO_TYPE``; cached per code object."""
+    """The handler's resolved return annotation, or ``NO_TYPE``; cached per code object and annotation."""
     fn = handler
     while isinstance(fn, functools.partial):
         fn = fn.func
@@ -153,11 +153,15 @@ def return_annotation(handler: Any) -> Any:
         fn = call
         if code is None:
             return NO_TYPE
+    ann = getattr(fn, "__annotations__", {}).get("return", NO_TYPE)
+    # Closures made by one factory share a code object, not their return annotation.
+    key: tuple[Any, Any] | None = (code, ann)
     try:
-        return _annotation_cache[code]
+        return _annotation_cache[key]
     except KeyError:
         pass
-    ann = getattr(fn, "__annotations__", {}).get("return", NO_TYPE)
+    except TypeError:  # an unhashable annotation object: not cached
+        key = None
     if isinstance(ann, str) and ann not in _JSON_NATIVE:
         try:
             ann = typing.get_type_hints(fn).get("return", NO_TYPE)
@@ -165,7 +169,8 @@ def return_annotation(handler: Any) -> Any:
             ann = NO_TYPE
     if isinstance(ann, str):
         ann = NO_TYPE
-    _annotation_cache[code] = ann
+    if key is not None:
+        _annotation_cache[key] = ann
     return ann
 
 

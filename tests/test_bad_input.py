@@ -486,3 +486,35 @@ def test_real_disk_fills_mid_run(tmp_path: Path) -> None:
             again = nbdurable.Client("t", store=path, clock=FakeClock())
             assert define(again).run(run_id="r") == ["A", size["b"]]
         assert count.calls == {"a": 1, "b": 2}
+
+
+class _A(pydantic.BaseModel):
+    a: int
+
+
+class _B(pydantic.BaseModel):
+    b: str
+
+
+def test_closures_of_one_factory_keep_their_own_return_types(client: nbdurable.Client) -> None:
+    """Regression: handlers made by one factory share a code object but not their return annotation.
+
+    The codec was cached per code object, so the second closure was checked against the
+    first one's type and its valid output refused.
+    """
+
+    def make(tp: Any, value: Any) -> Any:
+        def produce() -> Any:
+            return value
+
+        produce.__annotations__["return"] = tp
+        return produce
+
+    @client.create_function(fn_id="f")
+    def f(ctx: nbdurable.ContextSync) -> list[str]:
+        a = ctx.step.run("a", make(_A, _A(a=1)))
+        b = ctx.step.run("b", make(_B, _B(b="x")))
+        return [type(a).__name__, type(b).__name__]
+
+    assert f.run(run_id="r") == ["_A", "_B"]
+    assert f.run(run_id="r") == ["_A", "_B"]  # replayed values are rebuilt with their own types too
