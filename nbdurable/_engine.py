@@ -685,17 +685,16 @@ class Execution:
             self.fail(p, started)
             raise
         out = p.codec.loads(payload)
-        rec = StepRecord.model_construct(
-            status="COMPLETED",
+        self.store.put_completed_step(
+            self.prefix + p.key,
+            kind=info.kind,
             attempts=info.attempts,
             started_at=started,
             ended_at=now,
-            duration=now - started,
             serializer=p.codec.name,
             fingerprint=p.fp,
-            kind=info.kind,
+            payload=payload,
         )
-        self.store.put(self.prefix + p.key, rec, payload)
         self.current = None
         info.status = StepStatus.COMPLETED
         info.duration = now - started

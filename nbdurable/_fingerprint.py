@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 _code_cache: dict[object, str] = {}
+_PLAIN = frozenset({int, str, float, bool, type(None), bytes})
 
 
 def _digest(text: bytes) -> str:
@@ -52,6 +53,8 @@ def fingerprint(handler: Any, args: tuple[Any, ...]) -> str:
     base = _code_fingerprint(fn)
     if not args and not kwargs:
         return base
+    if not kwargs and all(type(a) in _PLAIN for a in args):
+        return _digest(f"{base}|{args!r}".encode())  # repr of plain values is stable and cheap
     try:
         blob = json.dumps([args, kwargs], sort_keys=True, default=_default)
     except (TypeError, ValueError):

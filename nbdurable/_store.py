@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import socket
 import sqlite3
@@ -200,6 +201,7 @@ SEQ_KEY = f"q{SEP}events"
 
 
 _STORE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
+_encode_header = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 # --- the store ----------------------------------------------------------------------------
 
@@ -321,7 +323,39 @@ class Store:
 
     def put(self, key: str, record: _Record, payload: bytes = b"") -> None:
         """Write a record (durable once this returns)."""
-        data = record.model_dump_json().encode() + b"\n" + payload
+        self._set(key, record.model_dump_json().encode() + b"\n" + payload)
+
+    def put_completed_step(
+        self,
+        key: str,
+        *,
+        kind: str,
+        attempts: int,
+        started_at: float,
+        ended_at: float,
+        serializer: str,
+        fingerprint: str | None,
+        payload: bytes,
+    ) -> None:
+        """Write a COMPLETED step record: the write every first execution of a step makes.
+
+        The header is encoded straight from a dict (no model built) because this is the hot
+        path; every read validates it as a ``StepRecord``, and a test keeps the two equal.
+        """
+        header = {
+            "v": SCHEMA_VERSION,
+            "status": "COMPLETED",
+            "kind": kind,
+            "attempts": attempts,
+            "started_at": started_at,
+            "ended_at": ended_at,
+            "duration": ended_at - started_at,
+            "serializer": serializer,
+            "fingerprint": fingerprint,
+        }
+        self._set(key, _encode_header(header).encode() + b"\n" + payload)
+
+    def _set(self, key: str, data: bytes) -> None:
         try:
             self.cache.set(key, data)
         except _STORE_ERRORS as exc:

@@ -130,3 +130,34 @@ def test_store_env_variable_sets_the_default_path(tmp_path: Path, monkeypatch: p
     """NBDURABLE_STORE overrides ./.nbdurable."""
     monkeypatch.setenv("NBDURABLE_STORE", os.fspath(tmp_path / "env-store"))
     assert nbdurable.Client("x").store_path == os.fspath(tmp_path / "env-store")
+
+
+def test_fast_completed_step_header_reads_as_the_same_record(client: nbdurable.Client) -> None:
+    """The hot-path writer of COMPLETED steps produces exactly the StepRecord a reader expects."""
+    client.store.put_completed_step(
+        "k", kind="run", attempts=2, started_at=1.5, ended_at=2.0, serializer="json", fingerprint="ab", payload=b"[1]"
+    )
+    rec, payload = client.store.get_step("k")
+    expected = _store.StepRecord(
+        status="COMPLETED",
+        kind="run",
+        attempts=2,
+        started_at=1.5,
+        ended_at=2.0,
+        duration=0.5,
+        serializer="json",
+        fingerprint="ab",
+    )
+    assert rec == expected
+    assert payload == b"[1]"
+
+
+def test_plain_arguments_of_other_types_are_other_fingerprints() -> None:
+    """1, 1.0, True and "1" are different arguments, so a switch between them is a code change."""
+    from nbdurable._fingerprint import fingerprint
+
+    def handler(x: object) -> object:
+        return x
+
+    prints = {fingerprint(handler, (arg,)) for arg in (1, 1.0, True, "1", None, b"1")}
+    assert len(prints) == 6
