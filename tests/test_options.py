@@ -10,6 +10,7 @@ import pytest
 
 import nbdurable
 from nbdurable.testing import FakeClock, simulate_restart
+from tests.test_wait_for_event import _StopsInWait
 from tests.waiting import eventually, waiting_step
 
 HOUR = 3_600_000
@@ -402,21 +403,6 @@ async def test_cron_runs_of_async_functions_are_tasks_on_the_starting_loop(clien
 def test_cancel_event_sent_while_a_run_was_interrupted_cancels_its_resume(tmp_path, is_async: bool) -> None:
     """A run stopped mid-wait; a cancel event sent before it resumes stops it when it resumes."""
 
-    class StopsInWait(FakeClock):
-        stop = True
-
-        def wait(self, signal, seconds):
-            if self.stop:
-                self.stop = False
-                raise KeyboardInterrupt
-            return super().wait(signal, seconds)
-
-        async def await_signal(self, signal, seconds):
-            if self.stop:
-                self.stop = False
-                raise KeyboardInterrupt
-            return await super().await_signal(signal, seconds)
-
     calls: list[str] = []
 
     def define(client):
@@ -437,7 +423,7 @@ def test_cancel_event_sent_while_a_run_was_interrupted_cancels_its_resume(tmp_pa
 
         return fn
 
-    clock = StopsInWait()
+    clock = _StopsInWait()
     client = nbdurable.Client("t", store=tmp_path / "s", clock=clock)
     with pytest.raises(KeyboardInterrupt):
         define(client).run()
