@@ -10,8 +10,7 @@ import pytest
 
 import nbdurable
 from nbdurable.testing import FakeClock, simulate_restart
-from tests.test_wait_for_event import _StopsInWait
-from tests.waiting import eventually, waiting_step
+from tests.waiting import StopsInWait, eventually, waiting_step
 
 HOUR = 3_600_000
 
@@ -423,7 +422,7 @@ def test_cancel_event_sent_while_a_run_was_interrupted_cancels_its_resume(tmp_pa
 
         return fn
 
-    clock = _StopsInWait()
+    clock = StopsInWait()
     client = nbdurable.Client("t", store=tmp_path / "s", clock=clock)
     with pytest.raises(KeyboardInterrupt):
         define(client).run()

@@ -12,29 +12,9 @@ import pytest
 
 import nbdurable
 from nbdurable.testing import FakeClock, simulate_restart
-from tests.waiting import eventually, waiting_step
+from tests.waiting import StopsInWait, eventually, waiting_step
 
 HOUR = datetime.timedelta(hours=1)
-
-
-class _StopsInWait(FakeClock):
-    """A fake clock whose first wait is interrupted, as when the kernel stops mid-wait."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stop = True
-
-    def wait(self, signal, seconds):
-        if self.stop:
-            self.stop = False
-            raise KeyboardInterrupt
-        return super().wait(signal, seconds)
-
-    async def await_signal(self, signal, seconds):
-        if self.stop:
-            self.stop = False
-            raise KeyboardInterrupt
-        return await super().await_signal(signal, seconds)
 
 
 def _approval(client, is_async: bool, calls: list[str], if_exp: str | None = None, fn_id: str = "approve"):
@@ -134,7 +114,7 @@ def test_one_event_resolves_every_matching_wait(client, is_async: bool) -> None:
 @pytest.mark.parametrize("is_async", [False, True])
 def test_wait_resumed_after_restart_sees_events_sent_while_down(tmp_path, is_async: bool) -> None:
     """The wait's start is stored: an event sent while no kernel waited still resolves it on resume."""
-    clock = _StopsInWait()
+    clock = StopsInWait()
     client = nbdurable.Client("t", store=tmp_path / "s", clock=clock)
     fn = _approval(client, is_async, [])
     with pytest.raises(KeyboardInterrupt):
@@ -150,7 +130,7 @@ def test_wait_resumed_after_restart_sees_events_sent_while_down(tmp_path, is_asy
 
 def test_event_arriving_after_the_deadline_is_not_matched_on_resume(tmp_path) -> None:
     """On resume past the deadline, an event stored after the deadline does not count: the wait timed out."""
-    clock = _StopsInWait()
+    clock = StopsInWait()
     client = nbdurable.Client("t", store=tmp_path / "s", clock=clock)
     with pytest.raises(KeyboardInterrupt):
         _approval(client, False, []).run()

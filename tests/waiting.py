@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import nbdurable
+from nbdurable.testing import FakeClock
 
 
 def eventually(predicate, timeout: float = 5.0):
@@ -26,3 +27,23 @@ def waiting_step(run, key: str | None = None):
             None,
         )
     )
+
+
+class StopsInWait(FakeClock):
+    """A fake clock whose first wait is interrupted, as when the kernel stops mid-wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stop = True
+
+    def wait(self, signal, seconds):
+        if self.stop:
+            self.stop = False
+            raise KeyboardInterrupt
+        return super().wait(signal, seconds)
+
+    async def await_signal(self, signal, seconds):
+        if self.stop:
+            self.stop = False
+            raise KeyboardInterrupt
+        return await super().await_signal(signal, seconds)
