@@ -20,9 +20,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# The benchmark smoke run comes first so that the test runner's summary closes the output.
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(BIN)/python -m bench --tiny
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 
 demo: $(STAMP)
