@@ -21,6 +21,7 @@ from typing import Any
 from nbdurable._client import Client, default_client, function
 from nbdurable._events import Cancel, Concurrency, Event, TriggerCron, TriggerEvent
 from nbdurable._function import Function
+from nbdurable._inngest import to_inngest
 from nbdurable._run import Run
 from nbdurable._step import Context, ContextSync, Group, GroupSync, Step, StepSync
 from nbdurable._types import Backoff, RunStatus, StepInfo, StepStatus
@@ -108,5 +109,6 @@ __all__ = [
     "default_client",
     "function",
     "load_ipython_extension",
+    "to_inngest",
     "unload_ipython_extension",
 ]

@@ -132,3 +132,35 @@ def test_wait_for_event_stub_vs_real_event(client, clock: FakeClock, flavour: in
     waiting_step(run, "second")
     clock.advance(60)
     assert run.wait(5) == expected == {"approved": {"n": 3, "by": "ada"}, "late": None}
+
+
+@pytest.mark.parametrize("flavour", [0, 1], ids=["sync", "async"])
+def test_to_inngest_serves_the_same_body(client, flavour: int) -> None:
+    """A function handed over with to_inngest runs under Inngest's mock with the same output and options."""
+    body = CASES["loop"][flavour]
+    ours = client.create_function(
+        fn_id="handed-over",
+        trigger=nbdurable.TriggerEvent(event="test/go", expression="event.data.n > 0"),
+        retries=2,
+        idempotency="event.data.n",
+        cancel=[nbdurable.Cancel(event="test/stop", if_exp="event.data.n == async.data.n")],
+        concurrency=[nbdurable.Concurrency(limit=3, key="event.data.n")],
+    )(body)
+    theirs = nbdurable.to_inngest(ours, INNGEST)
+    assert isinstance(theirs, inngest.Function)
+    config = theirs.get_config("http://localhost").main
+    assert config.id.endswith("handed-over")
+    assert config.steps["step"].retries.attempts == 2
+    assert config.triggers[0].event == "test/go"
+    assert config.triggers[0].expression == "event.data.n > 0"
+    assert config.idempotency == "event.data.n"
+    result = mocked.trigger(theirs, inngest.Event(name="test/go", data={"n": 3}), MOCK)
+    assert result.status is mocked.Status.COMPLETED, result.error
+    assert json.loads(json.dumps(result.output)) == ours.run({"n": 3})
+
+
+def test_to_inngest_needs_a_trigger(client) -> None:
+    """Inngest functions need a trigger: a function without one is refused with the fix."""
+    ours = client.create_function(fn_id="no-trigger")(loop_sync)
+    with pytest.raises(ValueError, match=r"no trigger.*Fix"):
+        nbdurable.to_inngest(ours, INNGEST)
