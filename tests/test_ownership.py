@@ -82,8 +82,8 @@ def test_second_run_in_the_same_process_attaches(client: nbdurable.Client) -> No
     assert count["slow"] == 1
 
 
-def test_dead_owner_lease_is_taken_over(client: nbdurable.Client) -> None:
-    """A RUNNING record whose owner pid is gone reads INTERRUPTED and the next run takes it over."""
+def _completed_run_now_owned_by(client: nbdurable.Client, owner: _store.Owner) -> nbdurable.Function[int]:
+    """A function whose completed run is then marked RUNNING under a forged owner."""
 
     @client.create_function(fn_id="t")
     def t(ctx: nbdurable.ContextSync) -> int:
@@ -92,8 +92,14 @@ def test_dead_owner_lease_is_taken_over(client: nbdurable.Client) -> None:
     t.run()
     key = _store.run_key(client.app_id, "t", client.runs("t")[0].id)
     rec, payload = client.store.get_run(key)
+    client.store.put(key, rec.model_copy(update={"status": nbdurable.RunStatus.RUNNING, "owner": owner}), payload)
+    return t
+
+
+def test_dead_owner_lease_is_taken_over(client: nbdurable.Client) -> None:
+    """A RUNNING record whose owner pid is gone reads INTERRUPTED and the next run takes it over."""
     ghost = _store.Owner(host=_store.HOST, pid=2**22 + 7, started=1.0, token="x")
-    client.store.put(key, rec.model_copy(update={"status": nbdurable.RunStatus.RUNNING, "owner": ghost}), payload)
+    t = _completed_run_now_owned_by(client, ghost)
     assert client.runs("t")[0].status is nbdurable.RunStatus.INTERRUPTED
     assert t.run() == 5
     assert client.runs("t")[0].status is nbdurable.RunStatus.COMPLETED
@@ -134,18 +140,9 @@ def test_resumed_step_says_its_previous_attempt_never_finished(client: nbdurable
 
 def test_live_foreign_owner_is_respected(client: nbdurable.Client) -> None:
     """A lease held by a live process (here: pid 1 with its real start time) is never taken over."""
-
-    @client.create_function(fn_id="t")
-    def t(ctx: nbdurable.ContextSync) -> int:
-        return ctx.step.run("a", lambda: 5)
-
-    t.run()
-    key = _store.run_key(client.app_id, "t", client.runs("t")[0].id)
-    rec, payload = client.store.get_run(key)
     started = _store._process_start(1)
     assert started is not None
-    live = _store.Owner(host=_store.HOST, pid=1, started=started, token="x")
-    client.store.put(key, rec.model_copy(update={"status": nbdurable.RunStatus.RUNNING, "owner": live}), payload)
+    t = _completed_run_now_owned_by(client, _store.Owner(host=_store.HOST, pid=1, started=started, token="x"))
     assert client.runs("t")[0].status is nbdurable.RunStatus.RUNNING
     with pytest.raises(nbdurable.RunLockedError):
         t.run()
