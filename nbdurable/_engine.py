@@ -46,10 +46,30 @@ if TYPE_CHECKING:
     from nbdurable._function import Function
 
 _IN_HANDLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("nbdurable_in_handler", default=None)
-ON_FIRST_KEY: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
-    "nbdurable_on_first_key", default=None
-)
-"""Set by a sync parallel group in each member's context: called once the member's first step has its key."""
+
+
+class GroupMember:
+    """One member of a parallel group, as seen by step keys.
+
+    A member's first step is keyed by the enclosing scope (the run, or an outer member),
+    and members take that first key in order (``keyed`` lets the next one start). Every
+    later step of the member is keyed under its first key (``first/id``, ``first/id:n``),
+    so concurrent members never race for numbers and replay maps each value to its member.
+    """
+
+    __slots__ = ("counts", "first", "keyed", "parent")
+
+    def __init__(self, parent: GroupMember | None, keyed: Callable[[], None]) -> None:
+        scope: GroupMember | None = parent
+        while scope is not None and scope.first is None:
+            scope = scope.parent  # an outer member with no key yet has no scope to lend
+        self.parent: GroupMember | None = scope
+        self.keyed = keyed
+        self.first: str | None = None
+        self.counts: dict[str, int] = {}
+
+
+MEMBER: contextvars.ContextVar[GroupMember | None] = contextvars.ContextVar("nbdurable_member", default=None)
 log = logging.getLogger("nbdurable")
 _META: dict[tuple[object, str, object], tuple[Codec, str]] = {}
 
@@ -535,14 +555,23 @@ class Execution:
         if type(step_id) is not str or not step_id:
             msg = f"step id must be a non-empty str, got {step_id!r}. Fix: ctx.step.{tool}('fetch-users', ...)"
             raise ValueError(msg)
+        member = MEMBER.get()
+        if member is None:
+            return self.numbered(None, step_id)
+        if member.first is None:
+            key = member.first = self.numbered(member.parent, step_id)
+            member.keyed()
+            return key
+        return self.numbered(member, step_id)
+
+    def numbered(self, scope: GroupMember | None, step_id: str) -> str:
+        """``id`` for the first use in a scope, ``id:n`` for the n-th repeat (scoped under a member)."""
+        counts = self.counts if scope is None else scope.counts
         with self.key_lock:
-            n = self.counts.get(step_id, 0)
-            self.counts[step_id] = n + 1
-        keyed = ON_FIRST_KEY.get()
-        if keyed is not None:
-            ON_FIRST_KEY.set(None)
-            keyed()
-        return step_id if n == 0 else f"{step_id}:{n}"
+            n = counts.get(step_id, 0)
+            counts[step_id] = n + 1
+        base = step_id if scope is None else f"{scope.first}/{step_id}"
+        return base if n == 0 else f"{base}:{n}"
 
     def lookup(self, key: str) -> tuple[StepRecord, bytes] | None:
         """The stored record of a step, or None (nothing stored, or unreadable)."""

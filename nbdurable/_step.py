@@ -13,8 +13,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from nbdurable._engine import (
-    ON_FIRST_KEY,
+    MEMBER,
     Execution,
+    GroupMember,
     Replayed,
     StepGen,
     drive_async,
@@ -322,8 +323,9 @@ class Group:
 
         Each inner step is stored on its own, so a re-execution replays the finished ones
         and runs only the rest. Members are started in order, each once the one before has
-        keyed its first step, so repeated step ids (``item``, ``item:1``...) map to the same
-        member on every execution.
+        keyed its first step (``item``, ``item:1``...); a member's later steps are keyed
+        under its first one (``item:1/parse``), so every value maps to the same member on
+        every execution.
 
         Example:
             >>> a, b = await ctx.group.parallel([
@@ -331,14 +333,23 @@ class Group:
             ...     lambda: ctx.step.run("b", fetch, 2),
             ... ])  # doctest: +SKIP
         """
+        parent = MEMBER.get()
         tasks = []
-        for member in callables:
-            keyed = asyncio.Event()
-            tasks.append(asyncio.ensure_future(_amember(member, keyed)))
-            # Start members in turn (see GroupSync.parallel), never stalling on one that has no step.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(keyed.wait(), _KEY_TURN_SECONDS)
-        return tuple(await asyncio.gather(*tasks))
+        try:
+            for member in callables:
+                keyed = asyncio.Event()
+                tasks.append(asyncio.ensure_future(_amember(member, GroupMember(parent, keyed.set), keyed)))
+                # Start members in turn (see GroupSync.parallel), never stalling on one that has no step.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(keyed.wait(), _KEY_TURN_SECONDS)
+            return tuple(await asyncio.gather(*tasks))
+        except BaseException:
+            # One member failed (or the run was stopped): the others must not run on, nor retry,
+            # after this execution ended.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
 
 
 class GroupSync:
@@ -354,8 +365,9 @@ class GroupSync:
 
         Each inner step is stored on its own, so a re-execution replays the finished ones
         and runs only the rest. Members are started in order, each once the one before has
-        keyed its first step, so repeated step ids (``item``, ``item:1``...) map to the same
-        member on every execution.
+        keyed its first step (``item``, ``item:1``...); a member's later steps are keyed
+        under its first one (``item:1/parse``), so every value maps to the same member on
+        every execution.
 
         Example:
             >>> a, b = ctx.group.parallel([
@@ -365,23 +377,25 @@ class GroupSync:
         """
         if not callables:
             return ()
+        parent = MEMBER.get()
+        # Leaving the pool waits for every member, so none runs on after this call returns.
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(32, len(callables))) as pool:
             futures = []
             for member in callables:
                 keyed = threading.Event()
                 context = contextvars.copy_context()
-                context.run(ON_FIRST_KEY.set, keyed.set)
+                context.run(MEMBER.set, GroupMember(parent, keyed.set))
                 futures.append(pool.submit(context.run, _member, member, keyed))
                 # A member that never reaches a step (or waits on a later one) must not stall the group.
                 keyed.wait(_KEY_TURN_SECONDS)
             return tuple(f.result() for f in futures)
 
 
-_KEY_TURN_SECONDS = 1.0
+_KEY_TURN_SECONDS = 5.0
 
 
-async def _amember(member: Callable[[], Awaitable[T]], keyed: asyncio.Event) -> T:
-    ON_FIRST_KEY.set(keyed.set)
+async def _amember(member: Callable[[], Awaitable[T]], scope: GroupMember, keyed: asyncio.Event) -> T:
+    MEMBER.set(scope)
     try:
         return await member()
     finally:

@@ -160,3 +160,76 @@ def test_repeated_ids_map_to_the_same_member_every_time(client, is_async: bool) 
     run = client.get_run(client.runs("fan")[0].id)
     stored = {s.key for s in run.steps}
     assert stored == {"item"} | {f"item:{i}" for i in range(1, 8)}
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_members_with_several_steps_replay_their_own_values(client, is_async: bool) -> None:
+    """A member's later steps are keyed under its first one, so replays never swap values between members."""
+
+    def slow(value: str) -> str:
+        time.sleep(0.05)
+        return value
+
+    async def aslow(value: str) -> str:
+        await asyncio.sleep(0.05)
+        return value
+
+    if is_async:
+
+        @client.create_function(fn_id="p")
+        async def p(ctx):
+            async def m1():
+                return (await ctx.step.run("x", aslow, "m1-first"), await ctx.step.run("x", aslow, "m1-second"))
+
+            async def m2():
+                return await ctx.step.run("x", aslow, "m2")
+
+            await ctx.step.run("pre", lambda: 0)
+            return await ctx.group.parallel([m1, m2])
+
+    else:
+
+        @client.create_function(fn_id="p")
+        def p(ctx):
+            def m1():
+                return (ctx.step.run("x", slow, "m1-first"), ctx.step.run("x", slow, "m1-second"))
+
+            def m2():
+                return ctx.step.run("x", slow, "m2")
+
+            ctx.step.run("pre", lambda: 0)
+            return ctx.group.parallel([m1, m2])
+
+    first = p.run()
+    assert [list(first[0]), first[1]] == [["m1-first", "m1-second"], "m2"]
+    assert p.run() == first
+    keys = {s.key for s in client.get_run(client.runs("p")[0].id).steps}
+    assert keys == {"pre", "x", "x/x", "x:1"}
+
+
+async def test_a_failing_async_member_stops_its_siblings(client) -> None:
+    """When one async member fails, the others are cancelled: none retries or writes after the run ended."""
+    calls = {"b": 0}
+    b_started = asyncio.Event()
+
+    async def a():
+        await b_started.wait()
+        raise nbdurable.NonRetriableError("a broke")
+
+    async def b():
+        calls["b"] += 1
+        b_started.set()
+        await asyncio.sleep(0.2)
+        return "b"
+
+    @client.create_function(fn_id="g", retries=3)
+    async def g(ctx):
+        return await ctx.group.parallel([lambda: ctx.step.run("b", b), lambda: ctx.step.run("a", a)])
+
+    with pytest.raises(nbdurable.RunFailedError):
+        await g.run_async()
+    await asyncio.sleep(0.4)  # long enough for an orphaned member to finish and write
+    assert calls["b"] == 1
+    run = client.get_run(client.runs("g")[0].id)
+    assert run.status is nbdurable.RunStatus.FAILED
+    assert "b" not in {s.key for s in run.steps if s.status is nbdurable.StepStatus.COMPLETED}
