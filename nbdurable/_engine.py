@@ -125,6 +125,15 @@ class Wait:
         self.seconds = seconds
 
 
+UNREADABLE: Any = type("Unreadable", (), {"__repr__": lambda _: "UNREADABLE"})()
+"""A stored output that cannot be rebuilt."""
+
+
+def _load_event(payload: bytes) -> Event | None:
+    data = JSON.loads(payload) if payload else None
+    return Event(**data) if data is not None else None
+
+
 class Replayed:
     """A step whose stored value is returned without running anything."""
 
@@ -639,21 +648,27 @@ class Execution:
             _META[key] = (codec, fp)
         return codec, None if self.on_change == "ignore" else fp
 
+    def stored_value(self, key: str, load: Callable[[bytes], Any], payload: bytes) -> Any:
+        """A stored output rebuilt by ``load``, or ``UNREADABLE`` (with a warning) so the step executes again."""
+        try:
+            return load(payload)
+        except Exception as exc:  # noqa: BLE001 - an unreadable output is re-executed, never a crash
+            warnings.warn(
+                f"nbdurable: the stored output of step {key!r} cannot be rebuilt ({type(exc).__name__}: "
+                f"{exc}); the step executes again.",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+            return UNREADABLE
+
     def replay(
         self, key: str, step_id: str, rec: StepRecord, payload: bytes, codec: Codec, stale: bool
     ) -> Replayed | None:
         """Rebuild a stored output; None when it cannot be read (the step then executes again)."""
         if rec.serializer != codec.name:
             codec = PICKLE if rec.serializer == "pickle" else codec_for("json", NO_TYPE)
-        try:
-            value = codec.loads(payload)
-        except Exception as exc:  # noqa: BLE001 - an unreadable output is re-executed, never a crash
-            warnings.warn(
-                f"nbdurable: the stored output of step {key!r} cannot be rebuilt ({type(exc).__name__}: "
-                f"{exc}); the step executes again.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+        value = self.stored_value(key, codec.loads, payload)
+        if value is UNREADABLE:
             return None
         if stale:
             warnings.warn(
@@ -899,9 +914,10 @@ class Execution:
         key = self.step_key(step_id, "wait_for_event")
         got = self.lookup(key)
         if got is not None and got[0].status == "COMPLETED":
-            data = JSON.loads(got[1]) if got[1] else None
-            value = Event(**data) if isinstance(data, dict) else None
-            return self._replayed(key, step_id, got[0], value, event)
+            value = self.stored_value(key, _load_event, got[1])
+            if value is not UNREADABLE:
+                return self._replayed(key, step_id, got[0], value, event)
+            got = None
         self.replaying = False
         meta = got[0].meta if got is not None and got[0].status == "WAITING" else None
         if got is not None and meta is not None and got[0].wake_at is not None:
@@ -970,8 +986,9 @@ class Execution:
         codec = codec_for(self.serializer, function.output_type if function.output_type is not None else NO_TYPE)
         got = self.lookup(key)
         if got is not None and got[0].status == "COMPLETED":
-            codec = PICKLE if got[0].serializer == "pickle" else codec
-            return self._replayed(key, step_id, got[0], codec.loads(got[1]))
+            value = self.stored_value(key, (PICKLE if got[0].serializer == "pickle" else codec).loads, got[1])
+            if value is not UNREADABLE:
+                return self._replayed(key, step_id, got[0], value)
         self.replaying = False
         basis = f"{self.fn.id}\x00{self.run.id}\x00{key}"
         child_id = hashlib.sha256(basis.encode()).hexdigest()[:16]
@@ -1041,7 +1058,9 @@ class Execution:
         key = self.step_key(step_id, "send_event")
         got = self.lookup(key)
         if got is not None and got[0].status == "COMPLETED":
-            return self._replayed(key, step_id, got[0], JSON.loads(got[1]))
+            ids = self.stored_value(key, JSON.loads, got[1])
+            if ids is not UNREADABLE:  # else the events are sent again: at-least-once, never lost
+                return self._replayed(key, step_id, got[0], ids)
         self.replaying = False
         info = StepInfo(key=key, step_id=step_id, kind="send", max_attempts=self.max_attempts)
         pending = Pending(key, self.client._send_now, (events,), JSON, None, info)

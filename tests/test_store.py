@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import diskcache
@@ -11,6 +12,7 @@ import pytest
 import nbdurable
 from nbdurable import _store
 from nbdurable.testing import temporary_client
+from tests.waiting import waiting_step
 
 
 def _define(client: nbdurable.Client, calls: list[str]) -> nbdurable.Function[int]:
@@ -161,3 +163,38 @@ def test_plain_arguments_of_other_types_are_other_fingerprints() -> None:
 
     prints = {fingerprint(handler, (arg,)) for arg in (1, 1.0, True, "1", None, b"1")}
     assert len(prints) == 6
+
+
+def test_damaged_outputs_of_sends_waits_and_invokes_execute_again(client: nbdurable.Client) -> None:
+    """A stored send_event / wait_for_event / invoke whose payload is damaged runs again with a warning."""
+    sent: list[str] = []
+
+    @client.create_function(fn_id="child")
+    def child(ctx: nbdurable.ContextSync) -> int:
+        return ctx.step.run("c", lambda: 7)
+
+    @client.create_function(fn_id="f")
+    def f(ctx: nbdurable.ContextSync) -> list[object]:
+        ids = ctx.step.send_event("notify", nbdurable.Event("app/x", {}))
+        sent.extend(ids)
+        got = ctx.step.wait_for_event("w", event="app/never", timeout=10)
+        return [len(ids), got, ctx.step.invoke("kid", function=child)]
+
+    run = f.start()
+    waiting_step(run, "w")
+    client.clock.advance(1)  # type: ignore[attr-defined]  # the wait times out
+    assert run.wait(10) == [1, None, 7]
+    prefix = _store.step_prefix(client.app_id, "f", run.id)
+    for key in ("notify", "w", "kid"):
+        raw = client.store.cache.get(prefix + key)
+        cut = raw.index(b"\n")
+        client.store.cache.set(prefix + key, raw[: cut + 1] + b"\x00garbage")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = f.start()
+        waiting_step(run, "w")
+        client.clock.advance(1)  # type: ignore[attr-defined]
+        assert run.wait(10) == [1, None, 7]
+    damaged = sorted(str(w.message).split("'")[1] for w in caught if "cannot be rebuilt" in str(w.message))
+    assert damaged == ["kid", "notify", "w"]
+    assert len(sent) == 2  # the damaged send was sent again (at-least-once), not lost
