@@ -26,6 +26,10 @@ T = TypeVar("T")
 DEFAULT_STORE = ".nbdurable"
 FAILED_EVENT = "inngest/function.failed"
 
+_in_flight: dict[tuple[str, str, str, str], Run[Any]] = {}
+"""Runs executing in this process, by (store path, app, function, run id)."""
+_in_flight_lock = threading.Lock()
+
 RunHook = Callable[[Run[Any]], None]
 run_hooks: list[RunHook] = []
 """Called with each run a blocking ``run()`` is about to execute (the notebook view attaches here)."""
@@ -152,21 +156,33 @@ class Client:
 
     def _claim_run(self, fn: Function[Any], run_id: str, event: Event) -> tuple[Run[Any], bool]:
         """The Run for ``run_id``, and whether an execution of it is already in flight here."""
-        with self._lock:
+        # Process-wide, so a run in flight is found even from a client made again by a re-run cell.
+        flight = (os.path.abspath(self.store_path), self.app_id, fn.id, run_id)
+        with _in_flight_lock:
+            live = _in_flight.get(flight)
+            if live is not None and not live.done:
+                return live, True
             run = self._runs.get((fn.id, run_id))
-            if run is not None and not run.done:
-                return run, True
             if run is None:
                 run = self._runs[(fn.id, run_id)] = Run(fn.id, run_id, event, app=self.app_id)
                 run.client = self
             else:
                 run.event = event
+            # A new execution starts clean: a view built before it starts must not show the last one's end.
+            run.status = RunStatus.QUEUED
+            run.steps = []
+            run.error = None
             run._cancel_reason = None
             run._begin()
+            _in_flight[flight] = run
+            run._flight = flight
             return run, False
 
     def _release_run(self, run: Run[Any], output: Any, exc: BaseException | None) -> None:
         run._finish(output, exc)
+        with _in_flight_lock:
+            if _in_flight.get(run._flight) is run:
+                del _in_flight[run._flight]
 
     def _show(self, run: Run[Any]) -> None:
         hooks = tuple(run_hooks)

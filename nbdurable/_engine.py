@@ -9,6 +9,7 @@ async faces share every rule.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import datetime as _dt
 import hashlib
@@ -123,6 +124,13 @@ class Wait:
     def __init__(self, signal: Signal, seconds: float | None) -> None:
         self.signal = signal
         self.seconds = seconds
+
+
+def _in_context(executor: Any, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What to submit so a handler on a thread pool still sees this step's context (nesting checks)."""
+    if isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+        return (contextvars.copy_context().run, fn, *args)
+    return (fn, *args)
 
 
 UNREADABLE: Any = type("Unreadable", (), {"__repr__": lambda _: "UNREADABLE"})()
@@ -524,7 +532,7 @@ class Execution:
     def call_sync(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         executor = self.client.executor
         if executor is not None and not asyncio.iscoroutinefunction(fn):
-            return executor.submit(fn, *args).result()
+            return executor.submit(*_in_context(executor, fn, args)).result()
         value = fn(*args)
         if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
             from nbdurable._function import run_blocking
@@ -535,7 +543,7 @@ class Execution:
     async def call_async(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         executor = self.client.executor
         if executor is not None and not asyncio.iscoroutinefunction(fn):
-            return await asyncio.wrap_future(executor.submit(fn, *args))
+            return await asyncio.wrap_future(executor.submit(*_in_context(executor, fn, args)))
         value = fn(*args)
         if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
             value = await value

@@ -15,6 +15,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from nbdurable._serde import non_str_keys
+
 if TYPE_CHECKING:
     from nbdurable._clock import Signal
 
@@ -29,7 +31,7 @@ def _new_id() -> str:
 
 def canonical_json(data: Any, *, what: str) -> str:
     """Canonical JSON text of event data; a clear ``TypeError`` when it is not JSON."""
-    bad_keys = _non_str_keys(data)  # json would turn them into str: the run would see other data
+    bad_keys = non_str_keys(data)  # json would turn them into str: the run would see other data
     try:
         text = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
@@ -44,21 +46,6 @@ def canonical_json(data: Any, *, what: str) -> str:
         "model.model_dump(mode='json')) before passing it."
     )
     raise TypeError(msg)
-
-
-def _non_str_keys(data: Any) -> list[Any]:
-    """The dict keys in ``data`` that are not a str (at most one: the first found)."""
-    if isinstance(data, dict):
-        for key, value in data.items():
-            found = [key] if not isinstance(key, str) else _non_str_keys(value)
-            if found:
-                return found
-    elif isinstance(data, (list, tuple)):
-        for value in data:
-            found = _non_str_keys(value)
-            if found:
-                return found
-    return []
 
 
 @dataclasses.dataclass

@@ -288,6 +288,9 @@ class Function(Generic[T]):
         token = _IN_HANDLER.set(None)
         try:
             return self._execute_sync_inner(run)
+        except BaseException as exc:
+            self._release_unfinished(run, exc)
+            raise
         finally:
             _IN_HANDLER.reset(token)
 
@@ -311,8 +314,27 @@ class Function(Generic[T]):
         token = _IN_HANDLER.set(None)
         try:
             return await self._execute_async_inner(run)
+        except BaseException as exc:
+            self._release_unfinished(run, exc)
+            raise
         finally:
             _IN_HANDLER.reset(token)
+
+    def _claim_shown(self, data: dict[str, Any] | None, run_id: str | None, event: Event | None) -> tuple[Run[T], bool]:
+        """Claim the run and show its view (a view that fails to show releases the claim)."""
+        run, attached = self._claim(data, run_id, event)
+        try:
+            self.client._show(run)
+        except BaseException as exc:
+            if not attached:
+                self._release_unfinished(run, exc)
+            raise
+        return run, attached
+
+    def _release_unfinished(self, run: Run[T], exc: BaseException) -> None:
+        """A claimed run that failed before its execution could end (e.g. the store would not open)."""
+        if not run.done:
+            self.client._release_run(run, NO_OUTPUT, exc)
 
     async def _execute_async_inner(self, run: Run[T]) -> T:
         keys = self._slot_keys(run) if self.concurrency else []
@@ -348,8 +370,7 @@ class Function(Generic[T]):
         Example:
             >>> fn.run({"user_id": 1})  # doctest: +SKIP
         """
-        run, attached = self._claim(data, run_id, event)
-        self.client._show(run)
+        run, attached = self._claim_shown(data, run_id, event)
         if attached:
             return run.wait()
         if self.is_async:
@@ -364,8 +385,7 @@ class Function(Generic[T]):
         Example:
             >>> await fn.run_async({"user_id": 1})  # doctest: +SKIP
         """
-        run, attached = self._claim(data, run_id, event)
-        self.client._show(run)
+        run, attached = self._claim_shown(data, run_id, event)
         if attached:
             return await run
         if self.is_async:

@@ -64,6 +64,7 @@ class Run(Generic[T]):
         self._task: asyncio.Future[Any] | None = None
         self._listeners: list[Listener] = []
         self._cancel_reason: str | None = None
+        self._flight: tuple[str, str, str, str] = ("", "", "", "")
         self.client: Any = None
         """The ``Client`` the run belongs to (set by the client; the view's "send" button uses it)."""
         self._signals: set[Signal] = set()

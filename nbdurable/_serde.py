@@ -24,6 +24,24 @@ _FIX = (
 )
 
 
+def non_str_keys(data: Any) -> list[Any]:
+    """The dict keys in ``data`` that are not a str (at most one: the first found)."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            found = [key] if not isinstance(key, str) else non_str_keys(value)
+            if found:
+                return found
+    elif isinstance(data, (list, tuple)):
+        for value in data:
+            found = non_str_keys(value)
+            if found:
+                return found
+    return []
+
+
+_SCALARS = frozenset({int, float, str, bool, type(None)})
+
+
 class Codec(Protocol):
     """Bytes in, value out, for one serializer and output type."""
 
@@ -41,12 +59,20 @@ class JsonCodec:
 
     def dumps(self, value: Any, step_key: str) -> bytes:
         try:
-            return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+            data = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
         except (TypeError, ValueError, RecursionError) as exc:
-            msg = (
-                f"step {step_key!r} returned {_describe(value)}, which the json serializer cannot store ({exc}). {_FIX}"
-            )
-            raise OutputUnserializableError(msg) from None
+            problem = str(exc)
+        else:
+            if type(value) in _SCALARS:
+                return data
+            bad = non_str_keys(value)  # json would quietly turn them into str
+            if not bad:
+                return data
+            problem = f"dict keys must be str, got {bad[0]!r}"
+        msg = (
+            f"step {step_key!r} returned {_describe(value)}, which the json serializer cannot store ({problem}). {_FIX}"
+        )
+        raise OutputUnserializableError(msg) from None
 
     def loads(self, data: bytes) -> Any:
         return _decode(data.decode())

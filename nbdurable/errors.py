@@ -73,8 +73,7 @@ class RetryAfterError(NbdurableError):
         """The delay before the next attempt, in seconds, given the wall clock ``now``."""
         after = self.retry_after
         if isinstance(after, _dt.datetime):
-            ts = after.timestamp() if after.tzinfo else after.replace(tzinfo=_dt.timezone.utc).timestamp()
-            return max(0.0, ts - now)
+            return max(0.0, after.timestamp() - now)  # a naive datetime is local time, as in sleep_until
         if isinstance(after, _dt.timedelta):
             return max(0.0, after.total_seconds())
         return max(0.0, float(after) / 1000.0)

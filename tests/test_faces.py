@@ -118,3 +118,19 @@ def test_executor_runs_sync_handlers(client: nbdurable.Client) -> None:
 
         assert ex.run() == 1
     assert seen[0].startswith("pool")
+
+
+def test_nested_steps_are_refused_on_an_executor_too(client: nbdurable.Client) -> None:
+    """A handler running on the client's thread pool still cannot call step.run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        client.executor = pool
+
+        @client.create_function(fn_id="nest", retries=0)
+        def nest(ctx: nbdurable.ContextSync) -> Any:
+            return ctx.step.run("outer", lambda: ctx.step.run("inner", lambda: 1))
+
+        with pytest.raises(nbdurable.RunFailedError) as info:
+            nest.run()
+    assert isinstance(info.value.__cause__, nbdurable.NestedStepError)

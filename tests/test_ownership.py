@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +147,36 @@ def test_live_foreign_owner_is_respected(client: nbdurable.Client) -> None:
     assert client.runs("t")[0].status is nbdurable.RunStatus.RUNNING
     with pytest.raises(nbdurable.RunLockedError):
         t.run()
+
+
+def test_a_client_made_again_attaches_to_the_run_in_flight(client: nbdurable.Client) -> None:
+    """Re-running the cell that creates the client: the new client's run() attaches, never RunLockedError."""
+    release = threading.Event()
+    entered = threading.Event()
+    calls = {"slow": 0}
+
+    def slow() -> str:
+        calls["slow"] += 1
+        entered.set()
+        release.wait(10)
+        return "done"
+
+    def define(on: nbdurable.Client) -> nbdurable.Function[Any]:
+        @on.create_function(fn_id="slow")
+        def fn(ctx: nbdurable.ContextSync) -> Any:
+            return ctx.step.run("slow", slow)
+
+        return fn
+
+    run = define(client).start()
+    assert entered.wait(10)
+    again = nbdurable.Client(client.app_id, store=client.store_path, clock=client.clock)
+    results: list[Any] = []
+    waiter = threading.Thread(target=lambda: results.append(define(again).run()))
+    waiter.start()
+    time.sleep(0.2)  # the waiter claims the run while it is still in flight
+    release.set()
+    waiter.join(10)
+    assert run.wait(10) == "done"
+    assert results == ["done"]
+    assert calls["slow"] == 1

@@ -156,3 +156,27 @@ def test_rerun_retries_only_what_failed_with_a_fresh_budget(client: nbdurable.Cl
     assert fn.run() == [1, "ok"]
     assert count.calls == {"a": 1, "flaky": 4}
     assert client.runs("f")[0].status is nbdurable.RunStatus.COMPLETED
+
+
+def test_retry_after_a_naive_datetime_is_local_time(client: nbdurable.Client, clock: FakeClock) -> None:
+    """A naive datetime means local time, as in sleep_until and Inngest (checked far from UTC)."""
+    import os
+    import time
+
+    count = Counter()
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Tokyo"
+    time.tzset()
+    try:
+        at = dt.datetime.fromtimestamp(clock.now() + 30)
+        assert at.tzinfo is None
+        handler = count.failing("limited", 1, exc=lambda: nbdurable.RetryAfterError("later", at))
+        fn = define(client, "sync", lambda ctx: (yield ("limited", handler)))
+        assert fn.run() == "ok"
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+    assert clock.slept == [pytest.approx(30.0)]

@@ -138,3 +138,15 @@ def test_unknown_serializer_is_refused(client: nbdurable.Client) -> None:
     """A serializer name we do not know fails at definition time."""
     with pytest.raises(ValueError, match="serializer"):
         client.create_function(fn_id="x", serializer="yaml")(lambda ctx: None)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_non_str_dict_keys_are_refused_not_coerced(client: nbdurable.Client, mode: str) -> None:
+    """{1: "x"} would come back as {"1": "x"}: strict JSON refuses it, naming the key and the fix."""
+    fn = define(client, mode, lambda ctx: (yield ("ids", lambda: {"ok": [{1: "x"}]})), retries=3)
+    with pytest.raises(nbdurable.RunFailedError) as info:
+        fn.run()
+    cause = info.value.__cause__
+    assert isinstance(cause, nbdurable.OutputUnserializableError)
+    assert "dict keys must be str, got 1" in str(cause)
+    assert 'serializer="pickle"' in str(cause)

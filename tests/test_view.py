@@ -261,3 +261,16 @@ def test_scripts_never_import_ipython_or_ipywidgets(tmp_path) -> None:
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, check=True)
     assert done.stdout.strip() == "[]"
     assert "[f] \u2714 a" in done.stderr
+
+
+def test_rerun_after_a_failure_draws_a_fresh_view(client, clock, monkeypatch) -> None:
+    """Re-running a failed run (the cell re-run after a fix) gets a view that starts clean and ends green."""
+    made: list[RunView] = []
+    monkeypatch.setattr(_client, "run_hooks", [lambda run: made.append(RunView(run, clock=clock, min_interval=0))])
+    etl, _ = _flaky_etl(client, failures=1, retries=0)
+    with pytest.raises(nbdurable.RunFailedError):
+        etl.run()
+    assert made[0].bar.bar_style == "danger"
+    assert etl.run() == 9
+    assert made[1].bar.bar_style == "success"
+    assert "score  completed" in made[1].text()
