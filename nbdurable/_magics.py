@@ -507,20 +507,17 @@ class NbdurableMagics(Magics):
         return f"{got[0].fingerprint}@{got[0].started_at}"
 
     def _upstream(self, client: Client, name: str) -> str | None:
-        """The cell step before this one: in this kernel's order, else as stored last time."""
-        if name in self.cell_order:
-            i = self.cell_order.index(name)
-            return self.cell_order[i - 1] if i > 0 else self._stored_upstream(client, name)
-        if self.cell_order:
-            return self.cell_order[-1]
-        return self._stored_upstream(client, name)
+        """The cell step before this one: as stored when it first ran, else the last one run here.
 
-    def _stored_upstream(self, client: Client, name: str) -> str | None:
+        The stored link wins so that, after a restart, running cells in another order than the
+        first time still restores them instead of executing unchanged cells again.
+        """
         got = client.store.get_run(_store.run_key(client.app_id, CELL_FUNCTION, name))
-        if got is _store.MISSING or got is _store.CORRUPT:
-            return None
-        upstream = got[0].event.data.get("upstream")
-        return upstream if isinstance(upstream, str) else None
+        if got is not _store.MISSING and got is not _store.CORRUPT:
+            upstream = got[0].event.data.get("upstream")
+            return upstream if isinstance(upstream, str) and upstream != name else None
+        earlier = [n for n in self.cell_order if n != name]
+        return earlier[-1] if earlier else None
 
     @cell_magic
     def step(self, line: str, cell: str) -> None:
@@ -626,7 +623,7 @@ def _execute_cell(shell: InteractiveShell, name: str, source: str) -> dict[str, 
         if isinstance(value, types.ModuleType):
             stored[var] = ("module", value.__name__)
         elif var in defs and getattr(value, "__module__", None) == user_module:
-            stored[var] = ("source", ast.get_source_segment(source, defs[var], padded=False) or "")
+            stored[var] = ("source", _definition_source(source, defs[var]))
         else:
             try:
                 stored[var] = ("pickle", pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
@@ -638,6 +635,13 @@ def _execute_cell(shell: InteractiveShell, name: str, source: str) -> dict[str, 
                 )
                 raise UnpicklableVariableError(msg) from None
     return stored
+
+
+def _definition_source(source: str, node: ast.stmt) -> str:
+    """A top-level def or class of a cell, decorators included."""
+    decorators = getattr(node, "decorator_list", [])
+    start = min([node.lineno, *(d.lineno for d in decorators)])
+    return "".join(source.splitlines(keepends=True)[start - 1 : node.end_lineno])
 
 
 def _cell_traceback(tb: types.TracebackType | None) -> types.TracebackType | None:
@@ -652,13 +656,11 @@ def _cell_traceback(tb: types.TracebackType | None) -> types.TracebackType | Non
 
 
 def _restore(shell: InteractiveShell, name: str, stored: dict[str, Any]) -> list[str]:
-    """Put a cell step's stored names back into the user namespace: defs first, then values."""
+    """Put a cell step's stored names back into the user namespace, in the order the cell bound them."""
     import importlib
 
     ns = shell.user_ns
-    order = sorted(stored, key=lambda v: {"module": 0, "source": 1}.get(stored[v][0], 2))
-    for var in order:
-        how, payload = stored[var]
+    for var, (how, payload) in stored.items():
         try:
             if how == "module":
                 ns[var] = importlib.import_module(payload)

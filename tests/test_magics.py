@@ -450,3 +450,51 @@ def test_assigned_names_cover_every_binding_form() -> None:
         "r",
     ]
     assert sorted(defs) == ["C", "fn"]
+
+
+def test_decorated_defs_and_classes_restore_with_their_decorators(ip) -> None:
+    """A @dataclass class and an @lru_cache function come back decorated after a restart."""
+    load(ip)
+    ip.user_ns["hits"] = []
+    cell = (
+        "import dataclasses, functools\nhits.append('cell')\n"
+        "@dataclasses.dataclass\nclass Point:\n    x: int\n    y: int\n\n"
+        "@functools.lru_cache(maxsize=None)\ndef square(n):\n    return n * n\n\np = Point(3, 4)\n"
+    )
+    ip.run_cell_magic("step", "shapes", cell)
+    restart(ip, keep=("hits",))
+    ip.run_cell_magic("step", "shapes", cell)
+    ns = ip.user_ns
+    assert ns["hits"] == ["cell"]
+    assert ns["Point"](1, 2).x == 1
+    assert ns["square"](5) == 25
+    assert ns["square"].cache_info().hits == 0
+    assert (ns["p"].x, ns["p"].y) == (3, 4)
+
+
+def test_restore_follows_the_order_the_cell_bound_names_in(ip) -> None:
+    """A class built on a name the cell imported restores after that name, as the cell ran."""
+    load(ip)
+    ip.user_ns["hits"] = []
+    cell = "from collections import OrderedDict\nhits.append('cell')\nclass Registry(OrderedDict):\n    pass\n"
+    ip.run_cell_magic("step", "models", cell)
+    restart(ip, keep=("hits",))
+    ip.run_cell_magic("step", "models", cell)
+    assert ip.user_ns["hits"] == ["cell"]
+    assert issubclass(ip.user_ns["Registry"], ip.user_ns["OrderedDict"])
+
+
+def test_cells_run_in_another_order_after_a_restart_still_restore(ip, capsys) -> None:
+    """The link to the previous cell step is the stored one: running B before A after a restart restores both."""
+    load(ip)
+    ip.user_ns["hits"] = []
+    a, b = "hits.append('a'); x = 1", "hits.append('b'); y = 2"
+    ip.run_cell_magic("step", "a", a)
+    ip.run_cell_magic("step", "b", b)
+    restart(ip, keep=("hits",))
+    capsys.readouterr()
+    ip.run_cell_magic("step", "b", b)
+    ip.run_cell_magic("step", "a", a)
+    assert ip.user_ns["hits"] == ["a", "b"]
+    assert (ip.user_ns["x"], ip.user_ns["y"]) == (1, 2)
+    assert "executed again" not in capsys.readouterr().out
