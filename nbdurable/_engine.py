@@ -79,6 +79,10 @@ class CancelSignal(BaseException):
     """Private: stops a run between steps. A ``BaseException`` so user code cannot swallow it."""
 
 
+class LeaseLost(BaseException):
+    """Private: another process took this run over (this one stalled past its lease); stop here."""
+
+
 INTERRUPTS = (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit)
 STORE_POLL = 1.0
 """Seconds between looks in the store, while waiting, for events sent by other processes."""
@@ -339,6 +343,7 @@ class Execution:
         self.last_beat = 0.0
         self.lock = threading.Lock()
         self.ended = False
+        self.lease_lost = False
         self.owner = _store.new_owner()
 
     # -- lease -------------------------------------------------------------------------------
@@ -447,9 +452,25 @@ class Execution:
                     "status": self.run.status if self.run.status.active else RunStatus.RUNNING,
                 }
             )
-            self.store.put(self.key, self.record)
+            self.write_own(self.record)
             self.beat_marked = marker
             self.last_beat = now
+
+    def write_own(self, record: RunRecord, payload: bytes = b"") -> None:
+        """Write the run record only while this execution still owns the run.
+
+        A process that stalled past its lease (another host's view) may find the run taken
+        over: then nothing is written, and the run stops before its next step.
+        """
+
+        def change(got: Any) -> tuple[RunRecord, bytes] | None:
+            cur = got[0] if got is not MISSING and got is not CORRUPT else None
+            if cur is not None and (cur.owner is None or cur.owner.token != self.owner.token):
+                self.lease_lost = True
+                return None
+            return record, payload
+
+        self.store.update_run(self.key, change)
 
     def end(self, output: Any = NO_OUTPUT, exc: BaseException | None = None) -> Any:
         """Write the end state, release the lease, and return the output or raise."""
@@ -516,13 +537,19 @@ class Execution:
                         "has_output": bool(payload),
                     }
                 )
-                self.store.put(self.key, self.record, payload)
+                self.write_own(self.record, payload)
         finally:
             _store.retire_owner(self.owner)
             run.status = status
             run.error = error
             run.ended_at = now
         run.emit("run_finished")
+        if self.lease_lost:
+            msg = (
+                f"run {run.id!r} of {self.fn.id!r} was taken over by another process while this one was "
+                "stalled past its lease; the other process finishes it. Fix: run it again to see its outcome."
+            )
+            raise RunLockedError(msg) from (None if isinstance(exc, LeaseLost) else exc)
         if raise_exc is not None:
             raise raise_exc
         return output
@@ -569,6 +596,8 @@ class Execution:
         reason = self.run._cancel_reason
         if reason is not None:
             raise CancelSignal(reason)
+        if self.lease_lost:
+            raise LeaseLost
         if type(step_id) is not str or not step_id:
             msg = f"step id must be a non-empty str, got {step_id!r}. Fix: ctx.step.{tool}('fetch-users', ...)"
             raise ValueError(msg)
@@ -809,7 +838,7 @@ class Execution:
             if self.ended or self.record is None:
                 return
             self.record = self.record.model_copy(update={"status": status, "heartbeat_at": now, "updated_at": now})
-            self.store.put(self.key, self.record)
+            self.write_own(self.record)
             self.last_beat = now
 
     def _replayed(

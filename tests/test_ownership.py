@@ -180,3 +180,37 @@ def test_a_client_made_again_attaches_to_the_run_in_flight(client: nbdurable.Cli
     assert run.wait(10) == "done"
     assert results == ["done"]
     assert calls["slow"] == 1
+
+
+def test_an_execution_that_lost_its_lease_stops_and_writes_nothing(client: nbdurable.Client) -> None:
+    """Taken over while stalled (as another host may after 30 s): it stops before its next step, record untouched."""
+    calls = {"b": 0}
+    usurper = _store.Owner(host="elsewhere", pid=1, started=1.0, token="theirs")
+
+    def stall() -> str:
+        key = _store.run_key(client.app_id, "t", client.runs("t")[0].id)
+        rec, payload = client.store.get_run(key)
+        client.store.put(key, rec.model_copy(update={"owner": usurper}), payload)
+        client.clock.advance(60)  # type: ignore[attr-defined]  # the next heartbeat is due
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not _heartbeat_saw_it():
+            time.sleep(0.05)
+        return "a"
+
+    def _heartbeat_saw_it() -> bool:
+        from nbdurable._engine import HEARTBEAT
+
+        return any(ex.lease_lost for ex in list(HEARTBEAT._active))
+
+    @client.create_function(fn_id="t")
+    def t(ctx: nbdurable.ContextSync) -> str:
+        ctx.step.run("a", stall)
+        return ctx.step.run("b", lambda: calls.__setitem__("b", calls["b"] + 1) or "b")
+
+    with pytest.raises(nbdurable.RunLockedError, match="taken over"):
+        t.run()
+    assert calls["b"] == 0
+    key = _store.run_key(client.app_id, "t", client.runs("t")[0].id)
+    rec, _ = client.store.get_run(key)
+    assert rec.owner == usurper
+    assert rec.status is nbdurable.RunStatus.RUNNING
