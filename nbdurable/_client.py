@@ -173,6 +173,7 @@ class Client:
             run.steps = []
             run.error = None
             run._cancel_reason = None
+            run._interrupt_reason = None
             run._begin()
             _in_flight[flight] = run
             run._flight = flight
@@ -346,18 +347,26 @@ class Client:
             run.steps = self._stored_steps(rec)
         return run
 
-    def _stored_steps(self, rec: _store.RunRecord) -> list[StepInfo]:
+    def _step_order(self, rec: _store.RunRecord) -> list[tuple[str, _store.StepRecord]]:
+        """A run's stored steps in execution order.
+
+        First the latest execution's list, then any others (stored by an execution that never
+        reached its end, e.g. a killed kernel) by start time.
+        """
         prefix = _store.step_prefix(self.app_id, rec.function_id, rec.run_id)
-        keys = list(rec.steps)
-        if rec.status.active or not keys:  # the list is written at the end of an execution
-            known = set(keys)
-            keys += [k[len(prefix) :] for k in self.store.keys(prefix) if k[len(prefix) :] not in known]
+        found: dict[str, _store.StepRecord] = {}
+        for full in self.store.keys(prefix):
+            got = self.store.get_step(full)
+            if got is not MISSING and got is not CORRUPT:
+                found[full[len(prefix) :]] = got[0]
+        listed = [k for k in rec.steps if k in found]
+        seen = set(listed)
+        rest = sorted((k for k in found if k not in seen), key=lambda k: found[k].started_at)
+        return [(k, found[k]) for k in listed + rest]
+
+    def _stored_steps(self, rec: _store.RunRecord) -> list[StepInfo]:
         out = []
-        for key in keys:
-            got = self.store.get_step(prefix + key)
-            if got is MISSING or got is CORRUPT:
-                continue
-            srec = got[0]
+        for key, srec in self._step_order(rec):
             info = StepInfo(
                 key=key,
                 step_id=key.rsplit(":", 1)[0] if ":" in key and key.rsplit(":", 1)[1].isdigit() else key,
@@ -416,8 +425,7 @@ class Client:
             msg = f"function {fn_id!r} has no stored run {run_id!r}. Fix: see {fn_id}.runs() for run ids."
             raise KeyError(msg)
         prefix = _store.step_prefix(self.app_id, fn_id, run_id)
-        stored = [k[len(prefix) :] for k in self.store.keys(prefix)]
-        order = [k for k in got[0].steps if k in stored] + [k for k in stored if k not in got[0].steps]
+        order = [key for key, _ in self._step_order(got[0])]
         if from_step is not None:
             if from_step not in order:
                 msg = f"run {run_id!r} of {fn_id!r} has no stored step {from_step!r}; stored steps: {order}"

@@ -593,9 +593,7 @@ class Execution:
                 "only inside the durable function while it runs."
             )
             raise NestedStepError(msg)
-        reason = self.run._cancel_reason
-        if reason is not None:
-            raise CancelSignal(reason)
+        self.check_cancel()
         if self.lease_lost:
             raise LeaseLost
         if type(step_id) is not str or not step_id:
@@ -823,10 +821,12 @@ class Execution:
         self.run._signals.discard(sig)
 
     def check_cancel(self) -> None:
-        """Stop the run here if it was cancelled."""
+        """Stop the run here if it was cancelled (or its caller went away: an interruption)."""
         reason = self.run._cancel_reason
         if reason is not None:
             raise CancelSignal(reason)
+        if self.run._interrupt_reason is not None:
+            raise KeyboardInterrupt(self.run._interrupt_reason)
 
     def set_status(self, status: RunStatus) -> None:
         """Record that the run sleeps, waits or runs again (views and other processes read it)."""

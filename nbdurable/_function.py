@@ -390,7 +390,12 @@ class Function(Generic[T]):
             return await run
         if self.is_async:
             return await self._execute_async(run)
-        return await asyncio.to_thread(self._execute_sync, run)
+        try:
+            return await asyncio.to_thread(self._execute_sync, run)
+        except asyncio.CancelledError:
+            # The worker thread cannot be stopped mid-step: it stops, INTERRUPTED, at the next one.
+            run._interrupt("the task awaiting the run was cancelled")
+            raise
 
     def start(
         self, data: dict[str, Any] | None = None, *, run_id: str | None = None, event: Event | None = None

@@ -64,6 +64,7 @@ class Run(Generic[T]):
         self._task: asyncio.Future[Any] | None = None
         self._listeners: list[Listener] = []
         self._cancel_reason: str | None = None
+        self._interrupt_reason: str | None = None
         self._flight: tuple[str, str, str, str] = ("", "", "", "")
         self.client: Any = None
         """The ``Client`` the run belongs to (set by the client; the view's "send" button uses it)."""
@@ -205,6 +206,14 @@ class Run(Generic[T]):
         if self.done:
             return
         self._cancel_reason = reason
+        for signal in tuple(self._signals):
+            signal.set()
+
+    def _interrupt(self, reason: str) -> None:
+        """Stop the run at its next step as an interruption (resumable, no attempt used)."""
+        if self.done:
+            return
+        self._interrupt_reason = reason
         for signal in tuple(self._signals):
             signal.set()
 

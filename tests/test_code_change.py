@@ -108,3 +108,20 @@ def test_clear_forgets_runs(client: nbdurable.Client) -> None:
     assert c.runs() == []
     c.run()
     assert calls == [1, 1]
+
+
+def test_invalidate_after_a_kill_follows_execution_order(client: nbdurable.Client) -> None:
+    """With no step list recorded (the process died mid-run), from_step follows start times, not key order."""
+    from nbdurable import _store
+
+    @client.create_function(fn_id="order")
+    def order(ctx: nbdurable.ContextSync) -> None:
+        for name in ("zeta", "alpha", "mid"):
+            ctx.step.run(name, lambda: client.clock.advance(1))  # type: ignore[attr-defined]
+
+    order.run()
+    run_id = client.runs("order")[0].id
+    key = _store.run_key(client.app_id, "order", run_id)
+    rec, payload = client.store.get_run(key)
+    client.store.put(key, rec.model_copy(update={"steps": []}), payload)  # as after a kill
+    assert order.invalidate(run_id, from_step="alpha") == ["alpha", "mid"]

@@ -131,3 +131,35 @@ def test_sigkill_mid_step_then_resume(tmp_path: Path) -> None:
     assert json.loads(out) == 22
     assert [_starts(logs, s) for s in "abcd"] == [1, 2, 1, 1]
     nbdurable._store.Store.forget(store)
+
+
+async def test_cancelling_run_async_of_a_sync_function_interrupts_it(client: nbdurable.Client) -> None:
+    """The worker thread of a cancelled run_async stops at its next step: INTERRUPTED, resumable, nothing lost."""
+    import threading
+
+    entered = threading.Event()
+    release = threading.Event()
+    count = Counter()
+
+    def slow() -> str:
+        count.hit("slow")
+        entered.set()
+        release.wait(10)
+        return "slow"
+
+    @client.create_function(fn_id="bg", retries=0)
+    def bg(ctx: nbdurable.ContextSync) -> list[str]:
+        return [ctx.step.run("slow", slow), ctx.step.run("next", count.returning("next", "next"))]
+
+    task = asyncio.ensure_future(bg.run_async())
+    await asyncio.to_thread(entered.wait, 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+    run = client._runs[("bg", bg.run_id_for(bg._event(None, None)))]
+    await asyncio.to_thread(run._done.wait, 10)
+    assert run.status is nbdurable.RunStatus.INTERRUPTED
+    assert count.calls == {"slow": 1}
+    assert await bg.run_async() == ["slow", "next"]
+    assert count.calls == {"slow": 1, "next": 1}
