@@ -252,9 +252,8 @@ class Client:
         store = self.store
         ids = []
         for event in items:
-            seq = store.next_seq()
             record = _store.EventRecord(**event.to_dict(), received_at=self.clock.now())
-            store.put_event(self.app_id, seq, record)
+            seq = store.append_event(self.app_id, record)
             resolve_waiters(store.path, self.app_id, seq, event)
             self._cancel_matching(event)
             self._trigger(event)

@@ -394,19 +394,22 @@ class Store:
 
     # -- events -----------------------------------------------------------------------------
 
-    def next_seq(self) -> int:
-        """Take the next event sequence number (atomic across processes)."""
-        with self._guard("write"):
-            return int(self.cache.incr(SEQ_KEY, 1, default=0))
-
     def last_seq(self) -> int:
         """The sequence number of the latest event sent (0 before any)."""
         with self._guard("read"):
             return int(self.cache.get(SEQ_KEY, default=0))
 
-    def put_event(self, app: str, seq: int, record: EventRecord) -> None:
-        """Store a sent event."""
-        self.put(event_key(app, seq, record.id), record)
+    def append_event(self, app: str, record: EventRecord) -> int:
+        """Store a sent event under the next sequence number, and return that number.
+
+        Both happen in one transaction, so sequence numbers become visible in order: a reader
+        that saw event N+1 can never find event N appearing later (other processes' waits
+        read "every event after the last one I saw").
+        """
+        with self._guard("write"), self.cache.transact(retry=True):
+            seq = int(self.cache.incr(SEQ_KEY, 1, default=0))
+            self.put(event_key(app, seq, record.id), record)
+        return seq
 
     def events_after(self, app: str, seq: int) -> list[tuple[int, EventRecord]]:
         """Every readable event of ``app`` sent after sequence number ``seq``, in order."""

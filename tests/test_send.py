@@ -126,3 +126,22 @@ def test_event_keys_are_ordered_by_send(client) -> None:
     assert client.store.last_seq() == 3
     assert [r.name for _, r in client.store.events_after(client.app_id, 1)] == ["b", "c"]
     assert _store.event_key("app", 2, "x") < _store.event_key("app", 10, "x")
+
+
+def test_an_event_and_its_sequence_number_are_stored_together(client, monkeypatch) -> None:
+    """If storing an event fails, its sequence number is not taken either: readers never skip one."""
+    import sqlite3
+
+    store = client.store
+    before = store.last_seq()
+
+    def broken(*_args, **_kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "put", broken)
+    with pytest.raises(nbdurable.StoreError, match="free disk space"):
+        client.send_sync(nbdurable.Event("app/x", {}))
+    monkeypatch.undo()
+    assert store.last_seq() == before
+    client.send_sync(nbdurable.Event("app/x", {}))
+    assert store.last_seq() == before + 1
