@@ -271,20 +271,38 @@ class Client:
                 return True
         return False
 
+    def _live_runs(self) -> list[Run[Any]]:
+        """Runs of this store and app executing in this process, whichever client started them."""
+        here = (os.path.abspath(self.store_path), self.app_id)
+        with _in_flight_lock:
+            return [run for key, run in _in_flight.items() if key[:2] == here and not run.done]
+
+    def _refuse_if_live(self, fn_id: str, run_id: str, doing: str) -> None:
+        with _in_flight_lock:
+            run = _in_flight.get((os.path.abspath(self.store_path), self.app_id, fn_id, run_id))
+        if run is not None and not run.done:
+            msg = f"run {run_id!r} of {fn_id!r} is executing; wait for it (or cancel it) before {doing} it"
+            raise RuntimeError(msg)
+
     def _cancel_matching(self, event: Event) -> None:
-        with self._lock:
-            live = [r for r in self._runs.values() if not r.done]
-        for run in live:
-            fn = self.functions.get(run.function_id)
+        for run in self._live_runs():
+            owner = run.client or self
+            fn = owner.functions.get(run.function_id)
             if fn is not None:
-                self._cancel_for(event, fn, run)
+                owner._cancel_for(event, fn, run)
 
     def _trigger(self, event: Event) -> None:
         for fn in list(self.functions.values()):
             if not any(isinstance(t, TriggerEvent) and t.matches(event) for t in fn.triggers):
                 continue
             if fn.idempotency is not None:
-                run_id = fn.run_id_for(event)
+                try:
+                    run_id = fn.run_id_for(event)
+                except ValueError as exc:  # one function's bad key must not stop the others
+                    warnings.warn(
+                        f"nbdurable: {exc} Event {event.name!r} ({event.id}) started no run of it.", stacklevel=4
+                    )
+                    continue
                 stored = self.store.get_run(_store.run_key(self.app_id, fn.id, run_id))
                 if stored is not MISSING and stored is not CORRUPT:
                     continue  # one run per idempotency key: later events are ignored
@@ -409,16 +427,15 @@ class Client:
     def _clear(self, fn_id: str | None, run_id: str | None) -> int:
         recs = [r for r in self.store.runs(self.app_id, fn_id) if run_id is None or r.run_id == run_id]
         for rec in recs:
-            live = self._runs.get((rec.function_id, rec.run_id))
-            if live is not None and not live.done:
-                msg = f"run {rec.run_id!r} is executing; wait for it (or cancel it) before clearing it"
-                raise RuntimeError(msg)
+            self._refuse_if_live(rec.function_id, rec.run_id, "clearing")
+        for rec in recs:
             self.store.delete_prefix(_store.step_prefix(self.app_id, rec.function_id, rec.run_id))
             self.store.delete(_store.run_key(self.app_id, rec.function_id, rec.run_id))
             self._runs.pop((rec.function_id, rec.run_id), None)
         return len(recs)
 
     def _invalidate(self, fn_id: str, run_id: str, from_step: str | None) -> list[str]:
+        self._refuse_if_live(fn_id, run_id, "invalidating")
         got = self.store.get_run(_store.run_key(self.app_id, fn_id, run_id))
         if got is MISSING or got is CORRUPT:
             msg = f"function {fn_id!r} has no stored run {run_id!r}. Fix: see {fn_id}.runs() for run ids."

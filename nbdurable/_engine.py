@@ -751,6 +751,7 @@ class Execution:
                 yield Sleep(delay, wake)
             finally:
                 self.drop_signal(wake)
+            self.check_cancel()  # a cancel (or interrupt) ends the delay: no attempt is made after it
 
     def complete(self, p: Pending, value: Any, started: float) -> Any:
         """Store a step's output (on disk before this returns) and give back the stored value."""
@@ -812,7 +813,7 @@ class Execution:
         """A wake-up for one sleep or wait of this run, set by ``Run.cancel()``."""
         sig = Signal()
         self.run._signals.add(sig)
-        if self.run._cancel_reason is not None:
+        if self.run._cancel_reason is not None or self.run._interrupt_reason is not None:
             sig.set()
         return sig
 

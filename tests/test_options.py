@@ -435,3 +435,104 @@ def test_cancel_event_sent_while_a_run_was_interrupted_cancels_its_resume(tmp_pa
     assert calls == []
     assert fn.runs()[0].status is nbdurable.RunStatus.CANCELLED
     nbdurable._store.Store.forget(tmp_path / "s")
+
+
+# --- found in review ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def real_client(tmp_path):
+    """A client on the real clock with long retry delays: sleeps and delays really wait (until cancelled)."""
+    from nbdurable.testing import temporary_client
+
+    with temporary_client(
+        tmp_path / "real", clock=nbdurable._clock.SYSTEM_CLOCK, backoff=nbdurable.Backoff(initial=60)
+    ) as c:
+        yield c
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_cancel_during_a_retry_delay_makes_no_more_attempts(real_client, is_async: bool) -> None:
+    """Run.cancel() while a failing step waits to retry: CANCELLED at once, not every attempt fired."""
+    calls: list[int] = []
+
+    def down() -> None:
+        calls.append(1)
+        raise RuntimeError("down")
+
+    if is_async:
+
+        @real_client.create_function(fn_id="f", retries=4)
+        async def f(ctx):
+            await ctx.step.run("call", down)
+
+    else:
+
+        @real_client.create_function(fn_id="f", retries=4)
+        def f(ctx):
+            ctx.step.run("call", down)
+
+    run = f.start()
+    eventually(lambda: any(s.status is nbdurable.StepStatus.RETRYING for s in run.steps))
+    run.cancel()
+    with pytest.raises(nbdurable.RunCancelledError):
+        run.wait(5)
+    assert calls == [1]
+    assert run.status is nbdurable.RunStatus.CANCELLED
+
+
+def test_a_missing_idempotency_key_does_not_stop_other_functions(client) -> None:
+    """One function's key missing from an event: it is skipped with a warning, the rest still run."""
+    hits: list[dict] = []
+    done = threading.Event()
+
+    @client.create_function(fn_id="keyed", trigger=nbdurable.TriggerEvent(event="app/*"), idempotency="event.data.user")
+    def keyed(ctx):
+        return None
+
+    @client.create_function(fn_id="plain", trigger=nbdurable.TriggerEvent(event="app/*"))
+    def plain(ctx):
+        hits.append(ctx.event.data)
+        if len(hits) == 2:
+            done.set()
+
+    with pytest.warns(UserWarning, match="idempotency expression"):
+        ids = client.send_sync([nbdurable.Event("app/x", {"other": 1}), nbdurable.Event("app/y", {"n": 2})])
+    assert len(ids) == 2
+    assert done.wait(5)
+    assert sorted(map(str, hits)) == ["{'n': 2}", "{'other': 1}"]
+
+
+def test_a_cancel_event_from_a_client_made_again_cancels_runs_in_flight(real_client) -> None:
+    """Re-running the cell that makes the client: its cancel events still reach runs the old client started."""
+
+    @real_client.create_function(fn_id="nap", cancel=[nbdurable.Cancel(event="app/stop")])
+    def nap(ctx):
+        ctx.step.sleep("zz", HOUR)
+
+    run = nap.start()
+    eventually(lambda: run.status is nbdurable.RunStatus.SLEEPING)
+    again = nbdurable.Client(real_client.app_id, store=real_client.store_path, clock=real_client.clock)
+    again.send_sync(nbdurable.Event("app/stop", {}))
+    with pytest.raises(nbdurable.RunCancelledError):
+        run.wait(5)
+
+
+def test_clearing_a_run_in_flight_is_refused_from_any_client(real_client) -> None:
+    """A client made again cannot clear (or invalidate) a run another client is executing."""
+
+    @real_client.create_function(fn_id="nap")
+    def nap(ctx):
+        ctx.step.sleep("zz", HOUR)
+
+    run = nap.start()
+    eventually(lambda: run.status is nbdurable.RunStatus.SLEEPING)
+    again = nbdurable.Client(real_client.app_id, store=real_client.store_path, clock=real_client.clock)
+    again.create_function(fn_id="nap")(nap.handler)
+    with pytest.raises(RuntimeError, match="is executing"):
+        again.functions["nap"].clear()
+    with pytest.raises(RuntimeError, match="is executing"):
+        again.functions["nap"].invalidate(run.id)
+    run.cancel()
+    with pytest.raises(nbdurable.RunCancelledError):
+        run.wait(5)
