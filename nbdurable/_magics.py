@@ -289,14 +289,19 @@ class NbdurableMagics(Magics):
         return Client(app, store=path)
 
     def _find_run(self, ref: str) -> tuple[str, _store.RunRecord]:
+        """A run by id, id prefix, or ``FN/RUN`` (when runs of several functions share an id)."""
         records = self._records()
-        exact = [pr for pr in records if pr[1].run_id == ref]
-        found = exact or [pr for pr in records if pr[1].run_id.startswith(ref)]
+        fn_id, _, run_ref = ref.rpartition("/") if "/" in ref else ("", "", ref)
+        if fn_id and not any(r.function_id == fn_id for _, r in records):
+            fn_id, run_ref = "", ref  # a run id that itself contains "/"
+        mine = [pr for pr in records if not fn_id or pr[1].function_id == fn_id]
+        exact = [pr for pr in mine if pr[1].run_id == run_ref]
+        found = exact or [pr for pr in mine if pr[1].run_id.startswith(run_ref)]
         if not found:
             _fail(f"no run {ref!r} in the store ({', '.join(self._store_paths()) or 'none yet'}); see %nbdurable runs")
         if len({(p, r.app, r.function_id, r.run_id) for p, r in found}) > 1:
             ids = ", ".join(f"{r.function_id}/{r.run_id}" for _, r in found[:5])
-            _fail(f"{ref!r} matches several runs ({ids}); give more of the id")
+            _fail(f"{ref!r} matches several runs ({ids}); give more of the id, or FN/RUN")
         return found[0]
 
     def interrupted_notice(self) -> str:
@@ -396,12 +401,16 @@ class NbdurableMagics(Magics):
                 print(f"cell step {rec.run_id!r}: re-run its %%step cell to resume it")  # noqa: T201
                 continue
             client = self._client_for(path, rec.app, rec.function_id)
-            fn = client.functions.get(rec.function_id)
+            fn = client.functions.get(rec.function_id) or _failure_function(client, rec.function_id)
             if fn is None:
-                _fail(
+                message = (
                     f"%nbdurable resume: function {rec.function_id!r} (app {rec.app!r}) is not defined in this "
                     "kernel. Fix: run the cell that defines it, then resume again."
                 )
+                if not ns.all:
+                    _fail(message)
+                print(f"{rec.function_id}/{rec.run_id}: skipped; {message.split(': ', 1)[1]}")  # noqa: T201
+                continue
             ev = rec.event
             with contextlib.suppress(RunFailedError):  # the view and `show` tell what failed
                 fn.run(run_id=rec.run_id, event=Event(ev.name, ev.data, ev.id, ev.ts))
@@ -477,13 +486,18 @@ class NbdurableMagics(Magics):
             _fail(f"%nbdurable send: the data must be a JSON object, got {ns.data!r} ({exc})")
         if not isinstance(data, dict):
             _fail(f"%nbdurable send: the data must be a JSON object, got {type(data).__name__}")
-        clients = self._clients()
-        client = clients[0] if clients else _client.default_client()
-        send_sync = getattr(client, "send_sync", None)
-        if send_sync is None:
-            _fail("%nbdurable send: this version of nbdurable has no Client.send_sync, so events cannot be sent yet")
-        ids = send_sync(Event(ns.name, data))
-        print(f"sent {ns.name!r} ({', '.join(ids)}) on {client!r}")  # noqa: T201
+        # One client per store and app stores the event once; every client's functions must hear it.
+        clients = self._clients() or [_client.default_client()]
+        event = Event(ns.name, data)
+        seen: set[tuple[str, str]] = set()
+        for client in clients:
+            where = (os.path.abspath(client.store_path), client.app_id)
+            if where in seen:
+                client._trigger(event)  # its own functions: the event is stored already
+                continue
+            seen.add(where)
+            ids = client.send_sync(event)
+            print(f"sent {ns.name!r} ({', '.join(ids)}) on {client!r}")  # noqa: T201
 
     # -- %%step ------------------------------------------------------------------------------
 
@@ -642,6 +656,15 @@ def _definition_source(source: str, node: ast.stmt) -> str:
     decorators = getattr(node, "decorator_list", [])
     start = min([node.lineno, *(d.lineno for d in decorators)])
     return "".join(source.splitlines(keepends=True)[start - 1 : node.end_lineno])
+
+
+def _failure_function(client: Client, fn_id: str) -> Function[Any] | None:
+    """The ``on_failure`` function with this id, if a function of the client has it."""
+    for fn in client.functions.values():
+        failure = getattr(fn, "failure_function", None)
+        if failure is not None and failure.id == fn_id:
+            return failure  # type: ignore[no-any-return]
+    return None
 
 
 def _cell_traceback(tb: types.TracebackType | None) -> types.TracebackType | None:

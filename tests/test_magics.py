@@ -191,16 +191,20 @@ def test_resume_executes_an_interrupted_run_from_where_it_stopped(ip, capsys) ->
     assert capsys.readouterr().out.endswith(f"etl/{run_id}: COMPLETED\n")
 
 
-def test_resume_all_needs_the_function_defined(ip) -> None:
-    """`resume --all` after a restart names the function that must be defined first."""
+def test_resume_all_needs_the_function_defined(ip, capsys) -> None:
+    """`resume --all` after a restart skips, naming it, a run whose function is not defined yet."""
     load(ip)
     ip.run_cell(DEFINE)
     ip.user_ns["stop"].add("a")
     with pytest.raises(KeyboardInterrupt):
         ip.user_ns["etl"].run()
     restart(ip)
+    capsys.readouterr()
+    ip.run_line_magic("nbdurable", "resume --all")
+    assert "skipped; function 'etl' (app 'nb') is not defined in this kernel" in capsys.readouterr().out
+    run_id = nbdurable.Client("nb").runs("etl")[0].id
     with pytest.raises(UsageError, match="function 'etl' \\(app 'nb'\\) is not defined in this kernel"):
-        ip.run_line_magic("nbdurable", "resume --all")
+        ip.run_line_magic("nbdurable", f"resume etl/{run_id}")
     ip.run_cell(DEFINE)
     ip.run_line_magic("nbdurable", "resume --all")
     assert ip.user_ns["calls"] == ["a", "b", "c"]
@@ -498,3 +502,33 @@ def test_cells_run_in_another_order_after_a_restart_still_restore(ip, capsys) ->
     assert ip.user_ns["hits"] == ["a", "b"]
     assert (ip.user_ns["x"], ip.user_ns["y"]) == (1, 2)
     assert "executed again" not in capsys.readouterr().out
+
+
+def test_runs_sharing_an_id_are_addressed_as_fn_slash_run(ip, capsys) -> None:
+    """Two functions' runs with one id: a bare id is ambiguous (the error names FN/RUN), FN/RUN picks one."""
+    load(ip)
+    ip.run_cell(
+        "import nbdurable\nclient = nbdurable.Client('nb')\n"
+        "@client.create_function(fn_id='a')\ndef a(ctx):\n    return ctx.step.run('x', lambda: 'from a')\n"
+        "@client.create_function(fn_id='b')\ndef b(ctx):\n    return ctx.step.run('x', lambda: 'from b')\n"
+        "a.run(run_id='nightly'); b.run(run_id='nightly')\n"
+    )
+    with pytest.raises(UsageError, match=r"matches several runs .* or FN/RUN"):
+        ip.run_line_magic("nbdurable", "show nightly")
+    capsys.readouterr()
+    ip.run_line_magic("nbdurable", "show b/nightly")
+    assert "b / nightly" in capsys.readouterr().out
+
+
+def test_send_reaches_the_functions_of_every_client(ip, capsys) -> None:
+    """%nbdurable send triggers functions on every client in the namespace, not just the first."""
+    load(ip)
+    ip.run_cell(
+        "import nbdurable, threading\ngot = threading.Event()\n"
+        "alpha = nbdurable.Client('alpha')\nbeta = nbdurable.Client('beta')\n"
+        "@beta.create_function(fn_id='listener', trigger=nbdurable.TriggerEvent(event='app/ping'))\n"
+        "def listener(ctx):\n    got.set()\n"
+    )
+    ip.run_line_magic("nbdurable", "send app/ping")
+    assert ip.user_ns["got"].wait(5)
+    assert "on <nbdurable.Client app_id='beta'" in capsys.readouterr().out
