@@ -532,3 +532,29 @@ def test_send_reaches_the_functions_of_every_client(ip, capsys) -> None:
     ip.run_line_magic("nbdurable", "send app/ping")
     assert ip.user_ns["got"].wait(5)
     assert "on <nbdurable.Client app_id='beta'" in capsys.readouterr().out
+
+
+def test_resume_finds_on_failure_functions(ip) -> None:
+    """An interrupted on_failure run is resumed by `resume --all` once its parent function is defined."""
+    from tests.waiting import eventually
+
+    load(ip)
+    ip.run_cell(
+        "import nbdurable, threading\nclient = nbdurable.Client('nb')\n"
+        "state = {'stop': True}\ndone = threading.Event()\n"
+        "def notify(ctx):\n"
+        "    def once():\n"
+        "        if state['stop']:\n"
+        "            state['stop'] = False\n"
+        "            raise KeyboardInterrupt\n"
+        "        done.set()\n"
+        "    ctx.step.run('notify', once)\n"
+        "@client.create_function(fn_id='job', retries=0, on_failure=notify)\n"
+        "def job(ctx):\n    ctx.step.run('boom', lambda: 1 / 0)\n"
+    )
+    client = ip.user_ns["client"]
+    with pytest.raises(nbdurable.RunFailedError):
+        ip.user_ns["job"].run()
+    eventually(lambda: [r.status for r in client.runs("job-failure")] == [nbdurable.RunStatus.INTERRUPTED])
+    ip.run_line_magic("nbdurable", "resume --all")
+    assert ip.user_ns["done"].wait(5)
