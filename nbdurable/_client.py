@@ -29,6 +29,8 @@ FAILED_EVENT = "inngest/function.failed"
 _in_flight: dict[tuple[str, str, str, str], Run[Any]] = {}
 """Runs executing in this process, by (store path, app, function, run id)."""
 _in_flight_lock = threading.Lock()
+cron_owners: dict[tuple[str, str, str], Client] = {}
+"""The client holding the latest definition of each function, by (store path, app, function id)."""
 
 RunHook = Callable[[Run[Any]], None]
 run_hooks: list[RunHook] = []
@@ -146,11 +148,20 @@ class Client:
                 name=name,
             )
             self.functions[fn_id] = fn
+            with _in_flight_lock:
+                # The latest definition owns the schedule: a client made again by a re-run cell
+                # takes it over, and the old client's scheduler stops firing the old code.
+                cron_owners[(os.path.abspath(self.store_path), self.app_id, fn_id)] = self
             if any(isinstance(t, TriggerCron) for t in fn.triggers):
                 self.start_cron()
             return fn
 
         return decorate
+
+    def owns_schedule(self, fn_id: str) -> bool:
+        """Whether this client holds the latest definition of ``fn_id`` for its store and app."""
+        with _in_flight_lock:
+            return cron_owners.get((os.path.abspath(self.store_path), self.app_id, fn_id)) is self
 
     # -- runs in this process ----------------------------------------------------------------
 

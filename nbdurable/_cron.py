@@ -98,6 +98,8 @@ class CronScheduler:
         now = self.client.clock.now()
         live = set()
         for fn in list(self.client.functions.values()):
+            if not self.client.owns_schedule(fn.id):
+                continue  # defined again on another client since: that one schedules it
             for trigger in fn.triggers:
                 if isinstance(trigger, TriggerCron):
                     key = (fn.id, trigger.cron)

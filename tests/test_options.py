@@ -536,3 +536,29 @@ def test_clearing_a_run_in_flight_is_refused_from_any_client(real_client) -> Non
     run.cancel()
     with pytest.raises(nbdurable.RunCancelledError):
         run.wait(5)
+
+
+def test_a_function_defined_again_on_a_new_client_takes_over_its_schedule(client, clock: FakeClock) -> None:
+    """Re-running the cell that makes a client and its cron function: the old schedule stops firing."""
+    import time
+
+    fired: list[str] = []
+    base = clock.now() - clock.now() % 60
+    clock.advance(base + 30 - clock.now())
+
+    @client.create_function(fn_id="tick", trigger=nbdurable.TriggerCron(cron="* * * * *"))
+    def tick_v1(ctx):
+        fired.append("v1")
+
+    clock.advance(30)
+    eventually(lambda: fired == ["v1"])
+    again = nbdurable.Client(client.app_id, store=client.store_path, clock=clock)
+
+    @again.create_function(fn_id="tick", trigger=nbdurable.TriggerCron(cron="0 0 1 1 *"))  # yearly now
+    def tick_v2(ctx):
+        fired.append("v2")
+
+    clock.advance(60)
+    time.sleep(0.3)  # room for the old scheduler to fire, if it still did
+    assert fired == ["v1"]
+    again.stop_cron()
