@@ -185,6 +185,7 @@ class Client:
             run.error = None
             run._cancel_reason = None
             run._interrupt_reason = None
+            run._blocking = False
             run._begin()
             _in_flight[flight] = run
             run._flight = flight

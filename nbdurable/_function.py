@@ -323,6 +323,8 @@ class Function(Generic[T]):
     def _claim_shown(self, data: dict[str, Any] | None, run_id: str | None, event: Event | None) -> tuple[Run[T], bool]:
         """Claim the run and show its view (a view that fails to show releases the claim)."""
         run, attached = self._claim(data, run_id, event)
+        if not attached:
+            run._blocking = True
         try:
             self.client._show(run)
         except BaseException as exc:
@@ -412,6 +414,7 @@ class Function(Generic[T]):
         run, attached = self._claim(data, run_id, event)
         if attached:
             return run
+        run._blocking = False
         if self.is_async:
             try:
                 loop = asyncio.get_running_loop()

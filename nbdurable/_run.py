@@ -65,6 +65,7 @@ class Run(Generic[T]):
         self._listeners: list[Listener] = []
         self._cancel_reason: str | None = None
         self._interrupt_reason: str | None = None
+        self._blocking = False  # a cell is blocked in run() / run_async() on this execution
         self._flight: tuple[str, str, str, str] = ("", "", "", "")
         self.client: Any = None
         """The ``Client`` the run belongs to (set by the client; the view's "send" button uses it)."""

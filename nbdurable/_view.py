@@ -212,6 +212,9 @@ class RunView:
             if key not in self._buttons:
                 button = widgets.Button(description=f"send {step.event}", button_style="primary", icon="paper-plane")
                 button.on_click(lambda _b, step=step: self.send(step))
+                if self.run._blocking:  # the kernel is busy in this very cell: a click could not arrive
+                    button.disabled = True
+                    button.tooltip = "the cell is running this: start it with fn.start(...) to send from here"
                 self._buttons[key] = button
         self.buttons.children = tuple(self._buttons.values())
 

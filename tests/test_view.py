@@ -274,3 +274,40 @@ def test_rerun_after_a_failure_draws_a_fresh_view(client, clock, monkeypatch) ->
     assert etl.run() == 9
     assert made[1].bar.bar_style == "success"
     assert "score  completed" in made[1].text()
+
+
+def test_send_button_is_disabled_while_a_cell_blocks_on_the_run(client, clock, monkeypatch) -> None:
+    """A blocking run() keeps the kernel busy: its waiting step's button is disabled, saying why; start() enables it."""
+    from tests.waiting import waiting_step
+
+    made: list[RunView] = []
+    monkeypatch.setattr(_client, "run_hooks", [lambda run: made.append(RunView(run, clock=clock, min_interval=0))])
+
+    @client.create_function(fn_id="approve")
+    def approve(ctx: nbdurable.ContextSync) -> Any:
+        return ctx.step.wait_for_event("ok", event="app/ok", timeout=60_000)
+
+    import threading
+
+    blocking = threading.Thread(target=lambda: approve.run({"n": 1}))
+    blocking.start()
+    waiting_step(_wait_for_view(made), "ok")
+    button = made[0].buttons.children[0]
+    assert button.disabled
+    assert "fn.start" in button.tooltip
+    clock.advance(61)
+    blocking.join(5)
+
+    background = approve.start({"n": 2})
+    waiting_step(background, "ok")
+    view = RunView(background, clock=clock, min_interval=0)  # draws at once
+    assert not view.buttons.children[0].disabled
+    clock.advance(61)
+    background.wait(5)
+
+
+def _wait_for_view(made: list[RunView]) -> Run[Any]:
+    from tests.waiting import eventually
+
+    eventually(lambda: made)
+    return made[0].run
