@@ -7,6 +7,7 @@ import contextlib
 import functools
 import hashlib
 import inspect
+import os
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
@@ -252,7 +253,14 @@ class Function(Generic[T]):
 
     def _slot_keys(self, run: Run[T]) -> list[tuple[tuple[str, int, str], int]]:
         return [
-            ((f"{self.client.store_path}\x00{self.id}", i, c.group(run.event)), c.limit)
+            (
+                (
+                    f"{os.path.abspath(self.client.store_path)}\x00{self.client.app_id}\x00{self.id}",
+                    i,
+                    c.group(run.event),
+                ),
+                c.limit,
+            )
             for i, c in enumerate(self.concurrency)
         ]
 

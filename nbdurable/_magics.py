@@ -480,8 +480,11 @@ class NbdurableMagics(Magics):
         p.add_argument("name")
         p.add_argument("data", nargs="?", default="{}")
         ns = p.parse_args(args)
+        text = ns.data.strip()
+        if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"" and not text.startswith('""'):
+            text = text[1:-1]  # JSON quoted as for a shell: '{"a": 1}'
         try:
-            data = json.loads(ns.data)
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             _fail(f"%nbdurable send: the data must be a JSON object, got {ns.data!r} ({exc})")
         if not isinstance(data, dict):

@@ -247,17 +247,22 @@ def test_store_shows_and_switches_the_store(ip, capsys, tmp_path, monkeypatch) -
 
 
 def test_send_parses_json_and_sends(ip, capsys) -> None:
-    """`send NAME JSON` sends one event through Client.send_sync (a clear error where it is missing)."""
+    """`send NAME JSON` sends one event (JSON bare or quoted as for a shell); non-objects are refused."""
     load(ip)
-    ip.run_cell("import nbdurable\nclient = nbdurable.Client('nb')")
+    ip.run_cell(
+        "import nbdurable\nclient = nbdurable.Client('nb')\ngot = []\n"
+        "@client.create_function(fn_id='hear', trigger=nbdurable.TriggerEvent(event='app/x'))\n"
+        "def hear(ctx):\n    got.append(ctx.event.data)\n"
+    )
     with pytest.raises(UsageError, match=r"the data must be a JSON object"):
         ip.run_line_magic("nbdurable", "send app/x [1]")
-    if not hasattr(nbdurable.Client, "send_sync"):
-        with pytest.raises(UsageError, match=r"has no Client\.send_sync"):
-            ip.run_line_magic("nbdurable", 'send app/x {"a": 1}')
-        return
     ip.run_line_magic("nbdurable", 'send app/x {"a": 1}')
+    ip.run_line_magic("nbdurable", """send app/x '{"a": 2}'""")
     assert capsys.readouterr().out.startswith("sent 'app/x' (")
+    from tests.waiting import eventually
+
+    eventually(lambda: len(ip.user_ns["got"]) == 2)
+    assert sorted(d["a"] for d in ip.user_ns["got"]) == [1, 2]
 
 
 def test_help_and_unknown_commands(ip, capsys) -> None:
