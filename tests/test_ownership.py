@@ -74,7 +74,7 @@ def test_second_run_in_the_same_process_attaches(client: nbdurable.Client) -> No
     run = fn.start()
     assert entered.wait(10)
     results: list[Any] = []
-    waiter = threading.Thread(target=lambda: results.append(fn.run()))
+    waiter = threading.Thread(target=lambda: results.append(fn.run()), daemon=True)
     waiter.start()
     release.set()
     waiter.join(10)
@@ -172,7 +172,7 @@ def test_a_client_made_again_attaches_to_the_run_in_flight(client: nbdurable.Cli
     assert entered.wait(10)
     again = nbdurable.Client(client.app_id, store=client.store_path, clock=client.clock)
     results: list[Any] = []
-    waiter = threading.Thread(target=lambda: results.append(define(again).run()))
+    waiter = threading.Thread(target=lambda: results.append(define(again).run()), daemon=True)
     waiter.start()
     time.sleep(0.2)  # the waiter claims the run while it is still in flight
     release.set()

@@ -289,10 +289,12 @@ def test_send_button_is_disabled_while_a_cell_blocks_on_the_run(client, clock, m
 
     import threading
 
-    blocking = threading.Thread(target=lambda: approve.run({"n": 1}))
+    blocking = threading.Thread(target=lambda: approve.run({"n": 1}), daemon=True)
     blocking.start()
     waiting_step(_wait_for_view(made), "ok")
-    button = made[0].buttons.children[0]
+    from tests.waiting import eventually
+
+    button = eventually(lambda: made[0].buttons.children)[0]  # drawn by the run's thread
     assert button.disabled
     assert "fn.start" in button.tooltip
     clock.advance(61)
@@ -301,7 +303,7 @@ def test_send_button_is_disabled_while_a_cell_blocks_on_the_run(client, clock, m
     background = approve.start({"n": 2})
     waiting_step(background, "ok")
     view = RunView(background, clock=clock, min_interval=0)  # draws at once
-    assert not view.buttons.children[0].disabled
+    assert not eventually(lambda: view.buttons.children)[0].disabled
     clock.advance(61)
     background.wait(5)
 

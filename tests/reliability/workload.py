@@ -156,7 +156,7 @@ def contend(
         with lock:
             outcomes.append(got)
 
-    workers = [threading.Thread(target=call) for _ in range(threads)]
+    workers = [threading.Thread(target=call, daemon=True) for _ in range(threads)]
     results.put(("ready", os.getpid()))
     gate.wait()
     for t in workers:
