@@ -51,6 +51,16 @@ def ip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveS
     assert _client.run_hooks == hooks
 
 
+def interrupted_etl(ip: InteractiveShell, at: str) -> str:
+    """Load the extension, define `etl` and stop it with Ctrl-C in step ``at``; the run's id."""
+    load(ip)
+    ip.run_cell(DEFINE)
+    ip.user_ns["stop"].add(at)
+    with pytest.raises(KeyboardInterrupt):
+        ip.user_ns["etl"].run()
+    return str(ip.user_ns["client"].runs()[0].id)
+
+
 def load(ip: InteractiveShell) -> NbdurableMagics:
     ip.run_line_magic("load_ext", "nbdurable")
     magics = ip.magics_manager.registry["NbdurableMagics"]
@@ -106,12 +116,7 @@ def test_import_nbdurable_exposes_lazy_hooks() -> None:
 
 def test_load_names_interrupted_runs_and_how_to_resume(ip, capsys) -> None:
     """A store holding an interrupted run gets a one-line notice on load."""
-    load(ip)
-    ip.run_cell(DEFINE)
-    ip.user_ns["stop"].add("b")
-    with pytest.raises(KeyboardInterrupt):
-        ip.user_ns["etl"].run()
-    run_id = ip.user_ns["client"].runs()[0].id
+    run_id = interrupted_etl(ip, at="b")
     capsys.readouterr()
     restart(ip)
     out = capsys.readouterr().out
@@ -179,12 +184,7 @@ def test_show_prints_a_run_and_its_steps(ip, capsys) -> None:
 
 def test_resume_executes_an_interrupted_run_from_where_it_stopped(ip, capsys) -> None:
     """`resume RUN` replays finished steps and executes the interrupted one and the rest."""
-    load(ip)
-    ip.run_cell(DEFINE)
-    ip.user_ns["stop"].add("b")
-    with pytest.raises(KeyboardInterrupt):
-        ip.user_ns["etl"].run()
-    run_id = ip.user_ns["client"].runs()[0].id
+    run_id = interrupted_etl(ip, at="b")
     assert ip.user_ns["calls"] == ["a", "b"]
     ip.run_line_magic("nbdurable", f"resume {run_id}")
     assert ip.user_ns["calls"] == ["a", "b", "b", "c"]
@@ -193,11 +193,7 @@ def test_resume_executes_an_interrupted_run_from_where_it_stopped(ip, capsys) ->
 
 def test_resume_all_needs_the_function_defined(ip, capsys) -> None:
     """`resume --all` after a restart skips, naming it, a run whose function is not defined yet."""
-    load(ip)
-    ip.run_cell(DEFINE)
-    ip.user_ns["stop"].add("a")
-    with pytest.raises(KeyboardInterrupt):
-        ip.user_ns["etl"].run()
+    interrupted_etl(ip, at="a")
     restart(ip)
     capsys.readouterr()
     ip.run_line_magic("nbdurable", "resume --all")
