@@ -923,19 +923,33 @@ class Execution:
             self.store.put(self.prefix + key, rec)
         return self._sleep(key, step_id, started, until)
 
-    def _sleep(self, key: str, step_id: str, started: float, until: float) -> StepGen:
+    def _pause(
+        self,
+        key: str,
+        step_id: str,
+        kind: str,
+        status: StepStatus,
+        started: float,
+        deadline: float,
+        event: str | None = None,
+    ) -> tuple[StepInfo, Signal]:
+        """Show a sleeping or waiting step (with its deadline) and give it a wake-up for cancels."""
         info = StepInfo(
             key=key,
             step_id=step_id,
-            kind="sleep",
-            status=StepStatus.SLEEPING,
+            kind=kind,
+            status=status,
             attempts=1,
             started_at=started,
-            deadline=until,
+            deadline=deadline,
+            event=event,
         )
-        self.add_step(info, "step_sleeping")
+        self.add_step(info, f"step_{status.value.lower()}")
         self.current = info
-        wake = self.new_signal()
+        return info, self.new_signal()
+
+    def _sleep(self, key: str, step_id: str, started: float, until: float) -> StepGen:
+        info, wake = self._pause(key, step_id, "sleep", StepStatus.SLEEPING, started, until)
         try:
             self.set_status(RunStatus.SLEEPING)
             while (left := until - self.clock.now()) > 0:
@@ -972,19 +986,7 @@ class Execution:
     def _wait(
         self, key: str, step_id: str, name: str, if_exp: str | None, started: float, deadline: float, after: int
     ) -> StepGen:
-        info = StepInfo(
-            key=key,
-            step_id=step_id,
-            kind="wait",
-            status=StepStatus.WAITING,
-            attempts=1,
-            started_at=started,
-            deadline=deadline,
-            event=name,
-        )
-        self.add_step(info, "step_waiting")
-        self.current = info
-        wake = self.new_signal()
+        info, wake = self._pause(key, step_id, "wait", StepStatus.WAITING, started, deadline, name)
         waiter = Waiter(name, if_exp, self.run.event.to_dict(), after, wake)
         app = self.client.app_id
         add_waiter(self.store.path, app, waiter)
