@@ -264,28 +264,38 @@ class Function(Generic[T]):
             for i, c in enumerate(self.concurrency)
         ]
 
+    def _try_slots(self, run: Run[T], keys: list[tuple[tuple[str, int, str], int]]) -> Signal | None:
+        """Take the concurrency slots (None), or queue the run and return what wakes it to try again.
+
+        The signal is also set by ``Run.cancel()``; the caller waits on it, then forgets it.
+        """
+        wake = Signal()
+        run._signals.add(wake)
+        if SLOTS.take(keys, wake):
+            run._signals.discard(wake)
+            return None
+        run.status = RunStatus.QUEUED
+        return wake
+
     def _queue_sync(self, run: Run[T], keys: list[tuple[tuple[str, int, str], int]]) -> bool:
         """Wait for concurrency slots; False when the run was cancelled while queued."""
         while run._cancel_reason is None:
-            wake = Signal()
-            run._signals.add(wake)
+            wake = self._try_slots(run, keys)
+            if wake is None:
+                return True
             try:
-                if SLOTS.take(keys, wake):
-                    return True
-                run.status = RunStatus.QUEUED
                 wait_sync(self.client.clock, wake, None)
             finally:
                 run._signals.discard(wake)
         return False
 
     async def _queue_async(self, run: Run[T], keys: list[tuple[tuple[str, int, str], int]]) -> bool:
+        """Wait for concurrency slots without blocking the loop; False when cancelled while queued."""
         while run._cancel_reason is None:
-            wake = Signal()
-            run._signals.add(wake)
+            wake = self._try_slots(run, keys)
+            if wake is None:
+                return True
             try:
-                if SLOTS.take(keys, wake):
-                    return True
-                run.status = RunStatus.QUEUED
                 await self.client.clock.await_signal(wake, None)
             finally:
                 run._signals.discard(wake)
