@@ -55,34 +55,6 @@ def test_second_process_gets_run_locked_error(tmp_path: Path) -> None:
         _store.Store.forget(store)
 
 
-def test_second_run_in_the_same_process_attaches(client: nbdurable.Client) -> None:
-    """A run() of a run already in flight in this process waits for it instead of executing again."""
-    release = threading.Event()
-    entered = threading.Event()
-    count = {"slow": 0}
-
-    def slow() -> str:
-        count["slow"] += 1
-        entered.set()
-        release.wait(10)
-        return "done"
-
-    @client.create_function(fn_id="slow")
-    def fn(ctx: nbdurable.ContextSync) -> Any:
-        return ctx.step.run("slow", slow)
-
-    run = fn.start()
-    assert entered.wait(10)
-    results: list[Any] = []
-    waiter = threading.Thread(target=lambda: results.append(fn.run()), daemon=True)
-    waiter.start()
-    release.set()
-    waiter.join(10)
-    assert run.wait(10) == "done"
-    assert results == ["done"]
-    assert count["slow"] == 1
-
-
 def _completed_run_now_owned_by(client: nbdurable.Client, owner: _store.Owner) -> nbdurable.Function[int]:
     """A function whose completed run is then marked RUNNING under a forged owner."""
 
@@ -149,8 +121,9 @@ def test_live_foreign_owner_is_respected(client: nbdurable.Client) -> None:
         t.run()
 
 
-def test_a_client_made_again_attaches_to_the_run_in_flight(client: nbdurable.Client) -> None:
-    """Re-running the cell that creates the client: the new client's run() attaches, never RunLockedError."""
+@pytest.mark.parametrize("made_again", [False, True], ids=["same client", "client made again"])
+def test_a_second_run_in_the_same_process_attaches(client: nbdurable.Client, made_again: bool) -> None:
+    """run() of a run in flight in this process waits for it (also from a client a re-run cell made again)."""
     release = threading.Event()
     entered = threading.Event()
     calls = {"slow": 0}
@@ -168,13 +141,16 @@ def test_a_client_made_again_attaches_to_the_run_in_flight(client: nbdurable.Cli
 
         return fn
 
-    run = define(client).start()
+    first = define(client)
+    run = first.start()
     assert entered.wait(10)
-    again = nbdurable.Client(client.app_id, store=client.store_path, clock=client.clock)
+    second = (
+        define(nbdurable.Client(client.app_id, store=client.store_path, clock=client.clock)) if made_again else first
+    )
     results: list[Any] = []
-    waiter = threading.Thread(target=lambda: results.append(define(again).run()), daemon=True)
+    waiter = threading.Thread(target=lambda: results.append(second.run()), daemon=True)
     waiter.start()
-    time.sleep(0.2)  # the waiter claims the run while it is still in flight
+    time.sleep(0.2)  # the waiter claims the run while it is still in flight (else it would only replay)
     release.set()
     waiter.join(10)
     assert run.wait(10) == "done"
