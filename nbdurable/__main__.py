@@ -105,6 +105,20 @@ def _kernel_install(user: bool, prefix: str | None, name: str) -> int:
     return 0
 
 
+def _trust_store(path: str) -> int:
+    from nbdurable._trust import trust_store
+
+    full = os.path.abspath(path)
+    if not os.path.isfile(os.path.join(full, "cache.db")):
+        print(f"{full} is not an nbdurable store (no cache.db in it)", file=sys.stderr)
+        return 1
+    if not trust_store(full):
+        print(f"cannot mark {full} as trusted: the folder is read-only, or no secret can be kept", file=sys.stderr)
+        return 1
+    print(f"trusted {full}: its pickled values and cell steps load from now on (until it is moved or copied)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m nbdurable`` and the ``nbdurable`` command."""
     parser = argparse.ArgumentParser(prog="nbdurable", description=__doc__)
@@ -116,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     install.add_argument("--user", action="store_true", help="install for the current user")
     install.add_argument("--prefix", help="install under this prefix (e.g. sys.prefix of a venv)")
     install.add_argument("--name", default=KERNEL_NAME, help="the kernelspec name (default: nbdurable)")
+    trust = sub.add_parser("trust", help="let pickled values and cell steps load from a store you vouch for")
+    trust.add_argument("path", help="the store folder")
     args = parser.parse_args(argv)
+    if args.command == "trust":
+        return _trust_store(args.path)
     if args.command == "demo":
         return _demo()
     if args.command == "kernel" and args.action == "install":

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from nbdurable import _store
+from nbdurable import _keys, _lease, _records, _store
 from nbdurable._clock import SYSTEM_CLOCK, Clock
 from nbdurable._events import Cancel, Concurrency, Event, TriggerCron, TriggerEvent, as_events, resolve_waiters
 from nbdurable._function import Function
-from nbdurable._run import Run
-from nbdurable._serde import check_serializer
+from nbdurable._run import NO_OUTPUT, Run
+from nbdurable._serde import NO_TYPE, PICKLE, check_serializer, codec_for
 from nbdurable._store import CORRUPT, MISSING, Store
 from nbdurable._types import Backoff, ErrorInfo, RunStatus, StepInfo, StepStatus
 
@@ -69,9 +69,7 @@ class Client:
         clock: Clock | None = None,
         **_inngest_options: Any,
     ) -> None:
-        if not isinstance(app_id, str) or not app_id:
-            msg = f"app_id must be a non-empty str, got {app_id!r}"
-            raise ValueError(msg)
+        _keys.check_id(app_id, "app_id", "Client(app_id='notebook')")
         self.app_id = app_id
         self.store_path = os.fspath(store) if store is not None else os.environ.get("NBDURABLE_STORE", DEFAULT_STORE)
         self.serializer = check_serializer(serializer)
@@ -264,7 +262,7 @@ class Client:
         store = self.store
         ids = []
         for event in items:
-            record = _store.EventRecord(**event.to_dict(), received_at=self.clock.now())
+            record = _records.EventRecord(**event.to_dict(), received_at=self.clock.now())
             seq = store.append_event(self.app_id, record)
             resolve_waiters(store.path, self.app_id, seq, event)
             self._cancel_matching(event)
@@ -355,14 +353,14 @@ class Client:
 
     # -- runs in the store -------------------------------------------------------------------
 
-    def _load(self, rec: _store.RunRecord, *, with_steps: bool = True) -> Run[Any]:
+    def _load(self, rec: _records.RunRecord, *, with_steps: bool = True) -> Run[Any]:
         live = self._runs.get((rec.function_id, rec.run_id))
         if live is not None and not live.done:
             return live
         ev = rec.event
         run: Run[Any] = Run(rec.function_id, rec.run_id, Event(ev.name, ev.data, ev.id, ev.ts), app=self.app_id)
         run.client = self
-        run.status = _store.effective_status(rec, self.clock.now())
+        run.status = _lease.effective_status(rec, self.clock.now())
         run.created_at = rec.created_at
         run.started_at = rec.started_at
         run.ended_at = rec.ended_at
@@ -376,14 +374,14 @@ class Client:
             run.steps = self._stored_steps(rec)
         return run
 
-    def _step_order(self, rec: _store.RunRecord) -> list[tuple[str, _store.StepRecord]]:
+    def _step_order(self, rec: _records.RunRecord) -> list[tuple[str, _records.StepRecord]]:
         """A run's stored steps in execution order.
 
         First the latest execution's list, then any others (stored by an execution that never
         reached its end, e.g. a killed kernel) by start time.
         """
         prefix = _store.step_prefix(self.app_id, rec.function_id, rec.run_id)
-        found: dict[str, _store.StepRecord] = {}
+        found: dict[str, _records.StepRecord] = {}
         for full in self.store.keys(prefix):
             got = self.store.get_step(full)
             if got is not MISSING and got is not CORRUPT:
@@ -393,12 +391,12 @@ class Client:
         rest = sorted((k for k in found if k not in seen), key=lambda k: found[k].started_at)
         return [(k, found[k]) for k in listed + rest]
 
-    def _stored_steps(self, rec: _store.RunRecord) -> list[StepInfo]:
+    def _stored_steps(self, rec: _records.RunRecord) -> list[StepInfo]:
         out = []
         for key, srec in self._step_order(rec):
             info = StepInfo(
                 key=key,
-                step_id=key.rsplit(":", 1)[0] if ":" in key and key.rsplit(":", 1)[1].isdigit() else key,
+                step_id=_keys.step_id_of(key),
                 kind=srec.kind,
                 status=StepStatus(srec.status),
                 attempts=srec.attempts,
@@ -430,11 +428,35 @@ class Client:
         return [r for r in out if want is None or r.status is want]
 
     def get_run(self, run_id: str) -> Run[Any] | None:
-        """A run by id (any function), with its steps; ``None`` if the store has none."""
+        """A run by id (any function), with its steps and output; ``None`` if the store has none."""
         for rec in self.store.runs(self.app_id):
             if rec.run_id == run_id:
-                return self._load(rec)
+                run = self._load(rec)
+                if run.done and rec.status is RunStatus.COMPLETED and rec.has_output:
+                    got = self.store.get_run(_store.run_key(self.app_id, rec.function_id, rec.run_id))
+                    if got is not MISSING and got is not CORRUPT:
+                        run._set_stored_output(self._stored_output(rec, got[1]))
+                return run
         return None
+
+    def _stored_output(self, rec: _records.RunRecord, payload: bytes) -> Any:
+        """A completed run's stored output, rebuilt as its function (if defined here) would, or NO_OUTPUT.
+
+        A pickled output is loaded only by a client or function that chose pickle, from a store
+        this user created.
+        """
+        fn = self.functions.get(rec.function_id)
+        serializer = (fn.serializer if fn is not None else None) or self.serializer
+        if rec.serializer == "pickle" and (serializer != "pickle" or not self.store.trusted):
+            if serializer == "pickle":
+                self.store.warn_untrusted()
+            return NO_OUTPUT
+        output_type = fn.output_type if fn is not None and fn.output_type is not None else NO_TYPE
+        codec = PICKLE if rec.serializer == "pickle" else codec_for("json", output_type)
+        try:
+            return codec.loads(payload)
+        except Exception:  # noqa: BLE001 - an unreadable output is shown as absent, never a crash
+            return NO_OUTPUT
 
     def _clear(self, fn_id: str | None, run_id: str | None) -> int:
         recs = [r for r in self.store.runs(self.app_id, fn_id) if run_id is None or r.run_id == run_id]
@@ -455,6 +477,8 @@ class Client:
         prefix = _store.step_prefix(self.app_id, fn_id, run_id)
         order = [key for key, _ in self._step_order(got[0])]
         if from_step is not None:
+            if from_step not in order:  # a step as views show it (its label), else unknown
+                from_step = next((k for k in order if _keys.label(k) == from_step), from_step)
             if from_step not in order:
                 msg = f"run {run_id!r} of {fn_id!r} has no stored step {from_step!r}; stored steps: {order}"
                 raise KeyError(msg)

@@ -21,13 +21,14 @@ import warnings
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
-from nbdurable import _store
+from nbdurable import _keys, _lease, _store
 from nbdurable._clock import Signal
 from nbdurable._events import Event, Waiter, add_waiter, remove_waiter
 from nbdurable._fingerprint import fingerprint
+from nbdurable._records import KEYS_ESCAPED, KEYS_LEGACY, ErrorRecord, EventRecord, RunRecord, StepRecord
 from nbdurable._run import NO_OUTPUT, Run
 from nbdurable._serde import JSON, NO_TYPE, PICKLE, Codec, codec_for, json_default_preview, return_annotation
-from nbdurable._store import CORRUPT, MISSING, ErrorRecord, EventRecord, RunRecord, StepRecord
+from nbdurable._store import CORRUPT, MISSING
 from nbdurable._types import ErrorInfo, RunStatus, StepInfo, StepStatus
 from nbdurable.errors import (
     NestedStepError,
@@ -344,7 +345,8 @@ class Execution:
         self.lock = threading.Lock()
         self.ended = False
         self.lease_lost = False
-        self.owner = _store.new_owner()
+        self.owner = _lease.new_owner()
+        self.legacy_keys = False
 
     # -- lease -------------------------------------------------------------------------------
 
@@ -357,7 +359,7 @@ class Execution:
         def change(got: Any) -> tuple[RunRecord, bytes]:
             cur: RunRecord | None = got[0] if got is not MISSING and got is not CORRUPT else None
             if cur is not None and cur.status.active and cur.owner is not None:
-                if _store.owner_alive(cur.owner, cur.heartbeat_at, now):
+                if _lease.owner_alive(cur.owner, cur.heartbeat_at, now):
                     msg = (
                         f"run {run.id!r} of {self.fn.id!r} is being executed by another process "
                         f"(host {cur.owner.host}, pid {cur.owner.pid}). Fix: wait for it to finish and "
@@ -368,6 +370,8 @@ class Execution:
                 run.note = "resumed after the previous execution was interrupted"
             self.fresh = got is MISSING
             self.previous = cur
+            # Runs stored before keys were escaped keep their keys; others (and new ones) escape them.
+            self.legacy_keys = cur is not None and cur.keys == KEYS_LEGACY and bool(self.store.keys(self.prefix))
             if cur is not None and self.fn.idempotency is not None:
                 # One idempotency key, one run: its body sees the event that created it.
                 ev = cur.event
@@ -395,6 +399,7 @@ class Execution:
                     "current_step": None,
                     "current_since": None,
                     "serializer": self.serializer,
+                    "keys": KEYS_LEGACY if self.legacy_keys else KEYS_ESCAPED,
                 }
             )
             self.record = rec
@@ -539,7 +544,7 @@ class Execution:
                 )
                 self.write_own(self.record, payload)
         finally:
-            _store.retire_owner(self.owner)
+            _lease.retire_owner(self.owner)
             run.status = status
             run.error = error
             run.ended_at = now
@@ -596,9 +601,7 @@ class Execution:
         self.check_cancel()
         if self.lease_lost:
             raise LeaseLost
-        if type(step_id) is not str or not step_id:
-            msg = f"step id must be a non-empty str, got {step_id!r}. Fix: ctx.step.{tool}('fetch-users', ...)"
-            raise ValueError(msg)
+        _keys.check_id(step_id, "step id", f"ctx.step.{tool}('fetch-users', ...)")
         member = MEMBER.get()
         if member is None:
             return self.numbered(None, step_id)
@@ -614,8 +617,7 @@ class Execution:
         with self.key_lock:
             n = counts.get(step_id, 0)
             counts[step_id] = n + 1
-        base = step_id if scope is None else f"{scope.first}/{step_id}"
-        return base if n == 0 else f"{base}:{n}"
+        return _keys.step_key(None if scope is None else scope.first, step_id, n, legacy=self.legacy_keys)
 
     def lookup(self, key: str) -> tuple[StepRecord, bytes] | None:
         """The stored record of a step, or None (nothing stored, or unreadable)."""
@@ -696,13 +698,38 @@ class Execution:
             )
             return UNREADABLE
 
+    def safe_codec(self, key: str, stored: str, codec: Codec) -> Codec | None:
+        """The codec to rebuild a stored output with, or None when it must not be loaded.
+
+        A pickle is loaded only where the reader chose pickle, and only from a store this user
+        created (``_trust``): a store folder someone handed over never runs code here.
+        """
+        if stored == "pickle":
+            if codec.name != "pickle":
+                warnings.warn(
+                    f"nbdurable: step {key!r} of {self.fn.id!r} is stored as a pickle, but {self.fn.id!r} uses the "
+                    "json serializer, and pickles are loaded only where serializer='pickle' was chosen; the step "
+                    "executes again.",
+                    RuntimeWarning,
+                    stacklevel=5,
+                )
+                return None
+            if not self.store.trusted:
+                self.store.warn_untrusted()
+                return None
+            return PICKLE
+        if stored != codec.name:
+            return JSON
+        return codec
+
     def replay(
         self, key: str, step_id: str, rec: StepRecord, payload: bytes, codec: Codec, stale: bool
     ) -> Replayed | None:
         """Rebuild a stored output; None when it cannot be read (the step then executes again)."""
-        if rec.serializer != codec.name:
-            codec = PICKLE if rec.serializer == "pickle" else codec_for("json", NO_TYPE)
-        value = self.stored_value(key, codec.loads, payload)
+        safe = self.safe_codec(key, rec.serializer, codec)
+        if safe is None:
+            return None
+        value = self.stored_value(key, safe.loads, payload)
         if value is UNREADABLE:
             return None
         if stale:
@@ -1026,7 +1053,8 @@ class Execution:
         codec = codec_for(self.serializer, function.output_type if function.output_type is not None else NO_TYPE)
         got = self.lookup(key)
         if got is not None and got[0].status == "COMPLETED":
-            value = self.stored_value(key, (PICKLE if got[0].serializer == "pickle" else codec).loads, got[1])
+            safe = self.safe_codec(key, got[0].serializer, codec)
+            value = UNREADABLE if safe is None else self.stored_value(key, safe.loads, got[1])
             if value is not UNREADABLE:
                 return self._replayed(key, step_id, got[0], value)
         self.replaying = False

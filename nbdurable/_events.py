@@ -37,9 +37,14 @@ def canonical_json(data: Any, *, what: str) -> str:
     except (TypeError, ValueError) as exc:
         problem = str(exc)
     else:
-        if not bad_keys:
-            return text
-        problem = f"keys must be str, got {bad_keys[0]!r}"
+        try:
+            text.encode()
+        except UnicodeEncodeError as exc:
+            problem = f"it holds an unpaired surrogate {exc.object[exc.start : exc.end]!r}"
+        else:
+            if not bad_keys:
+                return text
+            problem = f"keys must be str, got {bad_keys[0]!r}"
     msg = (
         f"{what} must be JSON data (dict of str, int, float, bool, None, lists and dicts); "
         f"got {data!r:.80} ({problem}). Fix: convert the value (e.g. str(x), x.isoformat(), "

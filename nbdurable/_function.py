@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from nbdurable import _store
+from nbdurable import _keys, _lease
 from nbdurable._clock import Signal
 from nbdurable._engine import _IN_HANDLER, CancelSignal, Execution, wait_sync
 from nbdurable._events import Cancel, Concurrency, Event, TriggerCron, TriggerEvent, canonical_json
@@ -136,9 +136,7 @@ class Function(Generic[T]):
         on_change: str = "warn",
         name: str | None = None,
     ) -> None:
-        if not isinstance(fn_id, str) or not fn_id:
-            msg = f"fn_id must be a non-empty str, got {fn_id!r}"
-            raise ValueError(msg)
+        _keys.check_id(fn_id, "fn_id", "create_function(fn_id='etl')")
         if not callable(handler):
             msg = f"function {fn_id!r}: the decorated object must be callable, got {handler!r:.60}"
             raise TypeError(msg)
@@ -223,9 +221,8 @@ class Function(Generic[T]):
         ev = self._event(data, event)
         if run_id is None:
             run_id = self.run_id_for(ev)
-        elif not isinstance(run_id, str) or not run_id:
-            msg = f"function {self.id!r}: run_id must be a non-empty str, got {run_id!r}"
-            raise ValueError(msg)
+        else:
+            _keys.check_id(run_id, f"function {self.id!r}: run_id", f"{self.id}.run(run_id='day-1')")
         return self.client._claim_run(self, run_id, ev)
 
     # -- executing ---------------------------------------------------------------------------
@@ -235,7 +232,7 @@ class Function(Generic[T]):
         try:
             ex.begin()
         except BaseException as exc:
-            _store.retire_owner(ex.owner)
+            _lease.retire_owner(ex.owner)
             self.client._release_run(run, NO_OUTPUT, exc)
             raise
         return ex, make_context(ex, self.is_async)

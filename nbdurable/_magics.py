@@ -28,11 +28,12 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 
-from nbdurable import _client, _store
+from nbdurable import _client, _lease, _store
 from nbdurable._client import Client
 from nbdurable._clock import Clock
 from nbdurable._events import Event
 from nbdurable._function import Function
+from nbdurable._records import RunRecord
 from nbdurable._run import Run
 from nbdurable._step import ContextSync
 from nbdurable._text import seconds, show_run
@@ -266,7 +267,7 @@ class NbdurableMagics(Magics):
                 paths.append(full)
         return paths
 
-    def _records(self) -> list[tuple[str, _store.RunRecord]]:
+    def _records(self) -> list[tuple[str, RunRecord]]:
         """Every run record in the stores in use, newest first, with its store path."""
         out = []
         for path in self._store_paths():
@@ -288,7 +289,7 @@ class NbdurableMagics(Magics):
             return candidates[0]
         return Client(app, store=path)
 
-    def _find_run(self, ref: str) -> tuple[str, _store.RunRecord]:
+    def _find_run(self, ref: str) -> tuple[str, RunRecord]:
         """A run by id, id prefix, or ``FN/RUN`` (when runs of several functions share an id)."""
         records = self._records()
         fn_id, _, run_ref = ref.rpartition("/") if "/" in ref else ("", "", ref)
@@ -307,7 +308,7 @@ class NbdurableMagics(Magics):
     def interrupted_notice(self) -> str:
         """One line naming the interrupted runs in the store and how to resume them ('' if none)."""
         now = time.time()
-        hit = [(p, r) for p, r in self._records() if _store.effective_status(r, now) is RunStatus.INTERRUPTED]
+        hit = [(p, r) for p, r in self._records() if _lease.effective_status(r, now) is RunStatus.INTERRUPTED]
         if not hit:
             return ""
         names = ", ".join(f"{r.function_id}/{r.run_id}" for _, r in hit[:3]) + (" ..." if len(hit) > 3 else "")
@@ -351,7 +352,7 @@ class NbdurableMagics(Magics):
         now = time.time()
         rows = []
         for _path, rec in self._records():
-            status = _store.effective_status(rec, now)
+            status = _lease.effective_status(rec, now)
             if (ns.fn is not None and rec.function_id != ns.fn) or (want is not None and status is not want):
                 continue
             took = seconds(rec.ended_at - rec.started_at) if rec.ended_at and rec.started_at else "-"
@@ -390,7 +391,7 @@ class NbdurableMagics(Magics):
             _fail("%nbdurable resume: give a run id or --all")
         if ns.all:
             now = time.time()
-            targets = [(p_, r) for p_, r in self._records() if _store.effective_status(r, now) is RunStatus.INTERRUPTED]
+            targets = [(p_, r) for p_, r in self._records() if _lease.effective_status(r, now) is RunStatus.INTERRUPTED]
             if not targets:
                 print("no interrupted runs")  # noqa: T201
                 return

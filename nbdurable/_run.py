@@ -151,10 +151,38 @@ class Run(Generic[T]):
             self._done_callbacks.remove(callback)
             callback()
 
+    def _set_stored_output(self, output: Any) -> None:
+        """The output of a completed run read back from the store."""
+        self._output = output
+
     def _result(self) -> T:
         if self._exception is not None:
             raise self._exception
+        if self._output is NO_OUTPUT:
+            self._raise_stored_outcome()
+            return None  # type: ignore[return-value]
         return self._output  # type: ignore[no-any-return]
+
+    def _raise_stored_outcome(self) -> None:
+        """What waiting for a run read back from the store gives when it has no output here."""
+        from nbdurable.errors import RunCancelledError, RunFailedError
+
+        err = self.error
+        if self.status is RunStatus.FAILED:
+            where = f" at step {self.failed_step!r}" if self.failed_step else ""
+            detail = f": {err.name}: {err.message}" if err is not None else ""
+            msg = f"run {self.id!r} of {self.function_id!r} failed{where}{detail}"
+            raise RunFailedError(msg, run_id=self.id, function_id=self.function_id, step_id=self.failed_step)
+        if self.status is RunStatus.CANCELLED:
+            msg = f"run {self.id!r} of {self.function_id!r} was cancelled" + (f": {err.message}" if err else "")
+            raise RunCancelledError(msg)
+        if not self.status.finished and self.status is not RunStatus.QUEUED:
+            msg = (
+                f"run {self.id!r} of {self.function_id!r} is {self.status.value} and no execution of it in this "
+                f"process can be waited for. Fix: resume it ({self.function_id}.run(run_id={self.id!r}), or "
+                "`%nbdurable resume`), then wait."
+            )
+            raise RuntimeError(msg)
 
     def wait(self, timeout: float | None = None) -> T:
         """Block until the run's execution in this process ends; return its output.

@@ -1,8 +1,13 @@
-r"""The store: the only module that imports diskcache.
+r"""The store: records of runs, steps and events in one diskcache directory per path.
 
-One diskcache ``Cache`` per store path per process. Values are ``header + b"\\n" + payload``
-where the header is a pydantic record (JSON, ``extra="forbid"``, schema version ``v``) and
-the payload is the raw serialized output. Eviction is off: durable state is never culled.
+One diskcache ``Cache`` per store path per process, opened through ``_diskcompat`` (the
+only module that knows diskcache's internals). Values are ``header + b"\\n" + payload``
+where the header is a record of ``_records`` (JSON) and the payload the serialized output.
+Eviction is off: durable state is never culled.
+
+The store folder is private to its user (0700, files 0600, whatever the umask), and the
+store notices when its folder is removed or replaced under an open run: a write then fails
+with ``StoreError`` instead of going into a deleted file.
 """
 
 from __future__ import annotations
@@ -11,24 +16,23 @@ import contextlib
 import errno
 import json
 import os
-import socket
 import sqlite3
+import stat
 import threading
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import diskcache
 import pydantic
-from diskcache.core import MODE_RAW
 
-from nbdurable._types import RunStatus
+from nbdurable import _diskcompat, _trust
+from nbdurable._diskcompat import Unreadable
+from nbdurable._records import SCHEMA_VERSION, EventRecord, R, Record, RunRecord, StepRecord
 from nbdurable.errors import StoreError
 
-SCHEMA_VERSION = 1
-LEASE_SECONDS = 30.0
 SEP = "\x1f"
+DB_FILE = "cache.db"
 
 
 class _Missing:
@@ -45,138 +49,6 @@ MISSING: Any = _Missing()
 """No record under the key."""
 CORRUPT: Any = _Corrupt()
 """A record exists but cannot be read (a warning was emitted)."""
-
-
-class _Record(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
-    v: int = SCHEMA_VERSION
-
-
-class Owner(_Record):
-    """The process executing a run: host, pid and process start time identify it."""
-
-    host: str
-    pid: int
-    started: float
-    token: str
-
-
-class ErrorRecord(_Record):
-    """An error stored as data."""
-
-    name: str
-    message: str
-    stack: str = ""
-
-
-class StepRecord(_Record):
-    """One step's stored state."""
-
-    status: Literal["COMPLETED", "FAILED", "SLEEPING", "WAITING"]
-    kind: str = "run"
-    attempts: int = 1
-    started_at: float
-    ended_at: float | None = None
-    duration: float = 0.0
-    serializer: str = "json"
-    fingerprint: str | None = None
-    error: ErrorRecord | None = None
-    wake_at: float | None = None
-    meta: dict[str, Any] | None = None
-
-
-class EventRecord(_Record):
-    """An event as stored (``received_at``: wall time ``send`` stored it, for sent events)."""
-
-    name: str
-    data: dict[str, Any]
-    id: str
-    ts: int
-    received_at: float | None = None
-
-
-class RunRecord(_Record):
-    """One run's stored state."""
-
-    app: str
-    function_id: str
-    run_id: str
-    status: RunStatus
-    event: EventRecord
-    created_at: float
-    updated_at: float
-    started_at: float | None = None
-    ended_at: float | None = None
-    executions: int = 0
-    owner: Owner | None = None
-    heartbeat_at: float | None = None
-    steps: list[str] = []
-    current_step: str | None = None
-    current_since: float | None = None
-    error: ErrorRecord | None = None
-    failed_step: str | None = None
-    output_preview: str | None = None
-    has_output: bool = False
-    serializer: str = "json"
-
-
-R = TypeVar("R", bound=_Record)
-
-# --- process identity -------------------------------------------------------------------
-
-HOST = socket.gethostname()
-_active_tokens: set[str] = set()
-_me: Owner | None = None
-
-
-def _process_start(pid: int) -> float | None:
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return float(proc.create_time())
-    except (psutil.Error, OSError):
-        return None
-
-
-def new_owner() -> Owner:
-    """An owner identity for one execution of a run in this process."""
-    global _me  # noqa: PLW0603 - per-process identity, computed once
-    if _me is None or _me.pid != os.getpid():
-        started = _process_start(os.getpid()) or 0.0
-        _me = Owner(host=HOST, pid=os.getpid(), started=started, token="")
-    token = uuid.uuid4().hex
-    _active_tokens.add(token)
-    return _me.model_copy(update={"token": token})
-
-
-def retire_owner(owner: Owner) -> None:
-    """Forget an owner token of this process (its execution ended)."""
-    _active_tokens.discard(owner.token)
-
-
-def owner_alive(owner: Owner, heartbeat_at: float | None, now: float) -> bool:
-    """Whether the owner of a lease still lives.
-
-    Same host: the pid must exist with the same start time (so pid reuse after ``kill -9`` is
-    detected); in this very process, the execution's token must still be active. Other hosts:
-    the heartbeat must be fresher than the lease.
-    """
-    if owner.host != HOST:
-        return heartbeat_at is not None and now - heartbeat_at < LEASE_SECONDS
-    if owner.pid == os.getpid():
-        return owner.token in _active_tokens
-    started = _process_start(owner.pid)
-    return started is not None and abs(started - owner.started) < 0.05
-
-
-def effective_status(rec: RunRecord, now: float) -> RunStatus:
-    """The status a reader should show: an active run whose owner died is INTERRUPTED."""
-    if rec.status.active and (rec.owner is None or not owner_alive(rec.owner, rec.heartbeat_at, now)):
-        return RunStatus.INTERRUPTED
-    return rec.status
 
 
 # --- keys ---------------------------------------------------------------------------------
@@ -207,6 +79,18 @@ _encode_header = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).enc
 
 _open_stores: dict[str, Store] = {}
 _open_lock = threading.Lock()
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(path: str, what: str, message: str) -> None:
+    if (path, what) not in _warned:
+        _warned.add((path, what))
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _mine(st: os.stat_result) -> bool:
+    getuid = getattr(os, "getuid", None)
+    return getuid is None or st.st_uid == getuid()
 
 
 class Store:
@@ -214,18 +98,51 @@ class Store:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.db_path = os.path.join(path, DB_FILE)
+        self.created = False
         with self._guard("open"):
             if os.path.exists(path) and not os.path.isdir(path):
                 raise NotADirectoryError(errno.ENOTDIR, "is a file, not a directory", path)
-            self.cache = diskcache.Cache(
-                path,
-                timeout=30,
-                eviction_policy="none",
-                cull_limit=0,
-                statistics=0,
-                tag_index=0,
-                size_limit=2**62,
-            )
+            self._prepare()
+            self.cache = _diskcompat.open_cache(path)
+            st = os.stat(self.db_path)
+            self._identity = (st.st_dev, st.st_ino)
+        if self.created:
+            _trust.trust_store(path)
+        self.trusted = _trust.is_trusted(path)
+
+    def _prepare(self) -> None:
+        """Create the folder and database private to the user, or tighten an existing store of theirs."""
+        if not os.path.isdir(self.path):
+            try:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(self.path, _diskcompat.DIR_MODE)
+            except OSError as exc:
+                why = f"{exc.strerror}: the directory could not be created"
+                raise type(exc)(exc.errno, why, exc.filename) from None
+        st = os.stat(self.path)
+        if not _mine(st) or not os.access(self.path, os.W_OK):
+            if st.st_mode & 0o077:
+                _warn_once(
+                    self.path,
+                    "owner",
+                    f"nbdurable: the store {self.path!r} belongs to another user (uid {st.st_uid}) and other "
+                    "users can read it; it is used as it is. Fix: use a store of your own (Client(store=...)).",
+                )
+            return
+        loose = st.st_mode & 0o077
+        with contextlib.suppress(OSError):
+            os.chmod(self.path, _diskcompat.DIR_MODE)
+        try:
+            fd = os.open(self.db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _diskcompat.FILE_MODE)
+        except OSError:  # it exists (an existing store)
+            pass
+        else:
+            os.close(fd)
+            self.created = True
+        if loose:  # made by an earlier version (or under a loose umask): tighten every file once
+            _tighten(self.path)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Store:
@@ -258,10 +175,17 @@ class Store:
     def _explain(self, action: str, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
         low = text.lower()
+        safe = " Nothing stored before was lost." if action == "write" else ""
         if "full" in low or getattr(exc, "errno", None) == errno.ENOSPC:
             fix = "free disk space on that volume, or point the store elsewhere"
         elif "readonly" in low or "read-only" in low or isinstance(exc, PermissionError):
+            text += " (the directory is read-only)" if "read-only" not in text else ""
             fix = "make the directory writable, or choose another path"
+        elif "not a database" in low or "malformed" in low:
+            fix = (
+                f"its database file {DB_FILE} is damaged and cannot be read; move the folder aside "
+                "(its runs cannot be recovered by nbdurable) and run again"
+            )
         elif not _writable(self.path):  # sqlite says only "unable to open database file"
             text += " (the directory is read-only)"
             fix = "make the directory writable, or choose another path"
@@ -273,33 +197,54 @@ class Store:
             fix = "check the path, or choose another one"
         return (
             f"cannot {action} the nbdurable store at {self.path!r}: {text}. Fix: {fix} "
-            "(Client(store=...) or the NBDURABLE_STORE environment variable). Nothing stored was lost."
+            f"(Client(store=...) or the NBDURABLE_STORE environment variable).{safe}"
         )
+
+    def check_identity(self) -> None:
+        """Fail with ``StoreError`` if the store folder was removed or replaced since it was opened."""
+        try:
+            st = os.stat(self.db_path)
+        except OSError:
+            what = "removed"
+        else:
+            if (st.st_dev, st.st_ino) == self._identity:
+                return
+            what = "replaced by another"
+        msg = (
+            f"the nbdurable store at {self.path!r} was {what} while this process was using it; nothing "
+            "more is written to it. Fix: restore the folder (or choose another store) and run again: "
+            "steps stored in the current folder replay."
+        )
+        raise StoreError(msg)
 
     # -- raw records ----------------------------------------------------------------------
 
     def _decode(self, key: str, raw: Any, model: type[R]) -> tuple[R, bytes] | Any:
         if raw is None:
             return MISSING
+        if isinstance(raw, Unreadable):
+            self._unreadable(key, raw.reason)
+            return CORRUPT
         try:
             cut = raw.index(b"\n")
             record = model.model_validate_json(raw[:cut])
         except (ValueError, TypeError, AttributeError, pydantic.ValidationError) as exc:
             self._check_future(key, raw)
-            warnings.warn(
-                f"nbdurable: the stored record {_pretty(key)} in {self.path!r} cannot be read "
-                f"({type(exc).__name__}); it is treated as absent and will be written again.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+            self._unreadable(key, type(exc).__name__)
             return CORRUPT
         if record.v > SCHEMA_VERSION:  # same fields today, other meaning maybe: never guess
             self._check_future(key, raw)
         return record, raw[cut + 1 :]
 
-    def _check_future(self, key: str, raw: Any) -> None:
-        import json
+    def _unreadable(self, key: str, reason: str) -> None:
+        warnings.warn(
+            f"nbdurable: the stored record {_pretty(key)} in {self.path!r} cannot be read "
+            f"({reason}); it is treated as absent and will be written again.",
+            RuntimeWarning,
+            stacklevel=5,
+        )
 
+    def _check_future(self, key: str, raw: Any) -> None:
         try:
             cut = raw.index(b"\n")
             version = json.loads(raw[:cut]).get("v")
@@ -313,15 +258,15 @@ class Store:
             )
             raise StoreError(msg)
 
+    def _read(self, key: str) -> Any:
+        with self._guard("read"):
+            return _diskcompat.read_one(self.cache, key)
+
     def get(self, key: str, model: type[R]) -> tuple[R, bytes] | Any:
         """The record and payload under ``key``, ``MISSING`` or ``CORRUPT``."""
-        try:
-            raw = self.cache.get(key)
-        except _STORE_ERRORS as exc:
-            raise StoreError(self._explain("read", exc)) from exc
-        return self._decode(key, raw, model)
+        return self._decode(key, self._read(key), model)
 
-    def put(self, key: str, record: _Record, payload: bytes = b"") -> None:
+    def put(self, key: str, record: Record, payload: bytes = b"") -> None:
         """Write a record (durable once this returns)."""
         self._set(key, record.model_dump_json().encode() + b"\n" + payload)
 
@@ -356,6 +301,7 @@ class Store:
         self._set(key, _encode_header(header).encode() + b"\n" + payload)
 
     def _set(self, key: str, data: bytes) -> None:
+        self.check_identity()
         try:
             self.cache.set(key, data)
         except _STORE_ERRORS as exc:
@@ -363,31 +309,24 @@ class Store:
 
     def delete(self, key: str) -> bool:
         """Delete one record."""
+        self.check_identity()
         with self._guard("write"):
             return bool(self.cache.delete(key))
 
-    def _range(self, prefix: str) -> list[tuple[str, int, Any]]:
-        # One indexed range query over diskcache's table, instead of a get per key: replaying
-        # a run reads all its step records at once. Rows are (key, storage mode, inline value).
-        sql = "SELECT key, mode, value FROM Cache WHERE key >= ? AND key < ? AND raw = 1 ORDER BY key"
+    def _rows(self, start: str, prefix: str) -> list[tuple[str, Any]]:
         with self._guard("read"):
-            return list(self.cache._sql(sql, (prefix, prefix + "\U0010ffff")).fetchall())
+            return _diskcompat.range_rows(self.cache, start, prefix)
 
     def keys(self, prefix: str) -> list[str]:
         """Every key that starts with ``prefix``, in key order."""
-        return [row[0] for row in self._range(prefix)]
+        return [row[0] for row in self._rows(prefix, prefix)]
 
     def scan(self, prefix: str) -> dict[str, bytes | None]:
-        """Every record under ``prefix``: its raw value, or None where diskcache keeps it in a file."""
-        # A raw value that is not bytes (a str or number written by other code) is read back via
-        # ``get``, which reports it as corrupt instead of failing here.
-        return {
-            key: bytes(value) if mode == MODE_RAW and isinstance(value, bytes) else None
-            for key, mode, value in self._range(prefix)
-        }
+        """Every record under ``prefix``: its raw value, or None where it must be read on its own."""
+        return dict(self._rows(prefix, prefix))
 
     def decode_step(self, key: str, raw: bytes | None) -> tuple[StepRecord, bytes] | Any:
-        """A step record from a raw value given by ``scan`` (read from its file when None)."""
+        """A step record from a raw value given by ``scan`` (read on its own when None)."""
         if raw is None:
             return self.get_step(key)
         return self._decode(key, raw, StepRecord)
@@ -396,8 +335,8 @@ class Store:
 
     def last_seq(self) -> int:
         """The sequence number of the latest event sent (0 before any)."""
-        with self._guard("read"):
-            return int(self.cache.get(SEQ_KEY, default=0))
+        value = self._read(SEQ_KEY)
+        return value if type(value) is int else 0
 
     def append_event(self, app: str, record: EventRecord) -> int:
         """Store a sent event under the next sequence number, and return that number.
@@ -406,24 +345,25 @@ class Store:
         that saw event N+1 can never find event N appearing later (other processes' waits
         read "every event after the last one I saw").
         """
+        self.check_identity()
         with self._guard("write"), self.cache.transact(retry=True):
-            seq = int(self.cache.incr(SEQ_KEY, 1, default=0))
+            try:
+                seq = int(self.cache.incr(SEQ_KEY, 1, default=0))
+            except TypeError:  # not a number (written by other code): start the count again above it
+                self.cache.set(SEQ_KEY, 1)
+                seq = 1
             self.put(event_key(app, seq, record.id), record)
         return seq
 
     def events_after(self, app: str, seq: int) -> list[tuple[int, EventRecord]]:
         """Every readable event of ``app`` sent after sequence number ``seq``, in order."""
         prefix = f"e{SEP}{app}{SEP}"
-        start = event_key(app, seq + 1, "")
-        sql = "SELECT key, mode, value FROM Cache WHERE key >= ? AND key < ? AND raw = 1 ORDER BY key"
-        with self._guard("read"):
-            rows = list(self.cache._sql(sql, (start, prefix + "\U0010ffff")).fetchall())
         out = []
-        for key, mode, value in rows:
-            raw = bytes(value) if mode == MODE_RAW else self.cache.get(key)
-            got = self._decode(key, raw, EventRecord)
+        for key, raw in self._rows(event_key(app, seq + 1, ""), prefix):
+            got = self._decode(key, raw if raw is not None else self._read(key), EventRecord)
             if got is not MISSING and got is not CORRUPT:
-                out.append((int(key.split(SEP)[2]), got[0]))
+                with contextlib.suppress(ValueError, IndexError):
+                    out.append((int(key.split(SEP)[2]), got[0]))
         return out
 
     def delete_prefix(self, prefix: str) -> int:
@@ -450,45 +390,44 @@ class Store:
         returns the new record and payload, or ``None`` to leave it as is. It may raise to
         abort, leaving the record untouched.
         """
-        # diskcache deletes the file of a value it replaces when the inner write ends, before an
-        # enclosing transaction commits: a process killed in between would leave the row naming a
-        # deleted file (a lost run record). Defer those deletions until after the commit.
-        deferred: list[str] = []
-        disk = self.cache._disk
-        with self._guard("write"):
-            with self.cache.transact(retry=True):
-                new = change(self.get_run(key))
-                if new is not None:
-                    disk.remove = _deferring_remove(disk, deferred)
-                    try:
-                        self.put(key, new[0], new[1])
-                    finally:
-                        del disk.remove
-            for name in deferred:
-                disk.remove(name)
+        self.check_identity()
+        with self._guard("write"), _diskcompat.deferred_removes(self.cache), self.cache.transact(retry=True):
+            new = change(self.get_run(key))
+            if new is not None:
+                self.put(key, new[0], new[1])
 
     def runs(self, app: str, function_id: str | None = None) -> list[RunRecord]:
         """Every readable run record of an app (or one function)."""
         prefix = f"r{SEP}{app}{SEP}" + (f"{function_id}{SEP}" if function_id is not None else "")
         out = []
-        for key in self.keys(prefix):
-            got = self.get_run(key)
+        for key, raw in self._rows(prefix, prefix):
+            got = self._decode(key, raw if raw is not None else self._read(key), RunRecord)
             if got is not MISSING and got is not CORRUPT:
                 out.append(got[0])
         return out
 
+    def warn_untrusted(self) -> None:
+        """Say once that pickled values of this store are not loaded, and how to allow them."""
+        _warn_once(
+            self.path,
+            "trust",
+            f"nbdurable: the store {self.path!r} was not created by you on this machine (or was moved); "
+            "pickled values in it are never loaded, so the steps and cell steps that stored them execute "
+            f"again. Fix: if you trust its contents, run `python -m nbdurable trust {self.path}`.",
+        )
 
-def _deferring_remove(disk: Any, deferred: list[str]) -> Callable[[str], None]:
-    """``disk.remove`` that, in this thread, only notes the file (others' calls pass through)."""
-    me = threading.get_ident()
 
-    def remove(name: str) -> None:
-        if threading.get_ident() == me:
-            deferred.append(name)
-        else:
-            type(disk).remove(disk, name)
-
-    return remove
+def _tighten(path: str) -> None:
+    """Make every folder of a store 0700 and every file 0600 (a store made before they were private)."""
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(root, name), _diskcompat.DIR_MODE)
+        for name in files:
+            full = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.lstat(full).st_mode):
+                    os.chmod(full, _diskcompat.FILE_MODE)
 
 
 def _writable(path: str) -> bool:

@@ -54,7 +54,7 @@ def attempt_number(step: StepInfo) -> int:
 def step_line(step: StepInfo) -> str:
     """One line for a step, as printed on each state change outside a widget front end."""
     icon = ICONS.get(step.status, "?")
-    parts = [f"{icon} {step.key:<24} {step.status.value:<9}", f"{attempt_number(step)}/{step.max_attempts}"]
+    parts = [f"{icon} {step.label:<24} {step.status.value:<9}", f"{attempt_number(step)}/{step.max_attempts}"]
     parts.append(seconds(step.duration))
     if step.stale:
         parts.append("(stale)")

@@ -127,6 +127,13 @@ class StepInfo:
     event: str | None = None
 
     @property
+    def label(self) -> str:
+        """The step's key as users read it (ids as written, ``:n`` for repeats)."""
+        from nbdurable._keys import label
+
+        return label(self.key)
+
+    @property
     def replayed(self) -> bool:
         """True when the step's value came from the store."""
         return self.status is StepStatus.REPLAYED

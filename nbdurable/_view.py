@@ -65,7 +65,7 @@ def countdown(step: StepInfo, now: float) -> str:
 def step_text(step: StepInfo, now: float) -> str:
     """The text equivalent of a step's row (what the widget row shows)."""
     status = "replayed" if step.replayed else step.status.value.lower()
-    parts = [f"{ICONS.get(step.status, '?')} {step.key}", status, f"{attempt_number(step)}/{step.max_attempts}"]
+    parts = [f"{ICONS.get(step.status, '?')} {step.label}", status, f"{attempt_number(step)}/{step.max_attempts}"]
     parts.append(seconds(step.duration) if step.status is not StepStatus.RUNNING else "...")
     if step.stale:
         parts.append("\u26a0 stale")

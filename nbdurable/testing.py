@@ -154,4 +154,11 @@ def simulate_restart(client: Client) -> Client:
     (re-run the cells that define them).
     """
     Store.forget(client.store_path)
-    return Client(client.app_id, store=client.store_path, clock=client.clock, backoff=client.backoff)
+    return Client(
+        client.app_id,
+        store=client.store_path,
+        serializer=client.serializer,
+        backoff=client.backoff,
+        executor=client.executor,
+        clock=client.clock,
+    )

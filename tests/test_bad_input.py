@@ -22,7 +22,7 @@ import pydantic
 import pytest
 
 import nbdurable
-from nbdurable import _store
+from nbdurable import _records, _store
 from nbdurable._store import Store
 from nbdurable.testing import FakeClock, simulate_restart
 from tests.durable import Counter
@@ -365,7 +365,7 @@ def _bump_version(client: nbdurable.Client, key: str) -> bytes:
     raw = client.store.cache.get(key)
     cut = raw.index(b"\n")
     header = json.loads(raw[:cut])
-    header["v"] = _store.SCHEMA_VERSION + 1
+    header["v"] = _records.SCHEMA_VERSION + 1
     newer = json.dumps(header).encode() + b"\n" + raw[cut + 1 :]
     client.store.cache.set(key, newer)
     return newer
@@ -430,7 +430,9 @@ def test_disk_full_while_storing_a_step(client: nbdurable.Client, monkeypatch: p
         f.run(run_id="r")
     error = info.value if isinstance(info.value, nbdurable.StoreError) else info.value.__cause__
     assert isinstance(error, nbdurable.StoreError)
-    _assert_says(str(error), client.store_path, "disk is full", "Fix: free disk space", "Nothing stored was lost")
+    _assert_says(
+        str(error), client.store_path, "disk is full", "Fix: free disk space", "Nothing stored before was lost"
+    )
     assert count.calls == {"a": 1, "b": 1}
 
     monkeypatch.setattr(diskcache.Cache, "set", real_set)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import nbdurable
-from nbdurable import _store
+from nbdurable import _lease, _records, _store
 from tests.test_interruption import _starts, _worker
 
 
@@ -55,7 +55,7 @@ def test_second_process_gets_run_locked_error(tmp_path: Path) -> None:
         _store.Store.forget(store)
 
 
-def _completed_run_now_owned_by(client: nbdurable.Client, owner: _store.Owner) -> nbdurable.Function[int]:
+def _completed_run_now_owned_by(client: nbdurable.Client, owner: _records.Owner) -> nbdurable.Function[int]:
     """A function whose completed run is then marked RUNNING under a forged owner."""
 
     @client.create_function(fn_id="t")
@@ -71,7 +71,7 @@ def _completed_run_now_owned_by(client: nbdurable.Client, owner: _store.Owner) -
 
 def test_dead_owner_lease_is_taken_over(client: nbdurable.Client) -> None:
     """A RUNNING record whose owner pid is gone reads INTERRUPTED and the next run takes it over."""
-    ghost = _store.Owner(host=_store.HOST, pid=2**22 + 7, started=1.0, token="x")
+    ghost = _records.Owner(host=_lease.HOST, pid=2**22 + 7, started=1.0, token="x")
     t = _completed_run_now_owned_by(client, ghost)
     assert client.runs("t")[0].status is nbdurable.RunStatus.INTERRUPTED
     assert t.run() == 5
@@ -89,9 +89,9 @@ def test_resumed_step_says_its_previous_attempt_never_finished(client: nbdurable
     run_id = t.run_id_for(t._event(None, None))
     key = _store.run_key(client.app_id, "t", run_id)
     now = client.clock.now()
-    ghost = _store.Owner(host=_store.HOST, pid=2**22 + 7, started=1.0, token="x")
-    event = _store.EventRecord(name="run/t", data={}, id="e", ts=1)
-    rec = _store.RunRecord(
+    ghost = _records.Owner(host=_lease.HOST, pid=2**22 + 7, started=1.0, token="x")
+    event = _records.EventRecord(name="run/t", data={}, id="e", ts=1)
+    rec = _records.RunRecord(
         app=client.app_id,
         function_id="t",
         run_id=run_id,
@@ -113,9 +113,9 @@ def test_resumed_step_says_its_previous_attempt_never_finished(client: nbdurable
 
 def test_live_foreign_owner_is_respected(client: nbdurable.Client) -> None:
     """A lease held by a live process (here: pid 1 with its real start time) is never taken over."""
-    started = _store._process_start(1)
+    started = _lease.start_time(1)
     assert started is not None
-    t = _completed_run_now_owned_by(client, _store.Owner(host=_store.HOST, pid=1, started=started, token="x"))
+    t = _completed_run_now_owned_by(client, _records.Owner(host=_lease.HOST, pid=1, started=started, token="x"))
     assert client.runs("t")[0].status is nbdurable.RunStatus.RUNNING
     with pytest.raises(nbdurable.RunLockedError):
         t.run()
@@ -161,7 +161,7 @@ def test_a_second_run_in_the_same_process_attaches(client: nbdurable.Client, mad
 def test_an_execution_that_lost_its_lease_stops_and_writes_nothing(client: nbdurable.Client) -> None:
     """Taken over while stalled (as another host may after 30 s): it stops before its next step, record untouched."""
     calls = {"b": 0}
-    usurper = _store.Owner(host="elsewhere", pid=1, started=1.0, token="theirs")
+    usurper = _records.Owner(host="elsewhere", pid=1, started=1.0, token="theirs")
 
     def stall() -> str:
         key = _store.run_key(client.app_id, "t", client.runs("t")[0].id)

@@ -19,8 +19,9 @@ import psutil
 import pytest
 
 import nbdurable
-from nbdurable import _store
-from nbdurable._store import Owner, RunRecord, Store
+from nbdurable import _lease, _records, _store
+from nbdurable._records import Owner, RunRecord
+from nbdurable._store import Store
 from nbdurable._types import RunStatus
 from tests.reliability import workload as w
 
@@ -197,7 +198,7 @@ def _forge_lease(client: nbdurable.Client, owner: Owner, heartbeat_at: float) ->
         function_id="f",
         run_id="r",
         status=RunStatus.RUNNING,
-        event=_store.EventRecord(name="run/f", data={}, id="e", ts=1),
+        event=_records.EventRecord(name="run/f", data={}, id="e", ts=1),
         created_at=now,
         updated_at=now,
         owner=owner,
@@ -233,11 +234,11 @@ def test_forged_leases(tmp_path: Path, who: str, taken_over: bool) -> None:
         now = time.time()
         if who.startswith("live pid"):
             started = parent.create_time() if "same" in who else parent.create_time() - 1000
-            owner = Owner(host=_store.HOST, pid=parent.pid, started=started, token="t")
+            owner = Owner(host=_lease.HOST, pid=parent.pid, started=started, token="t")
             heartbeat = now - 3600  # on this host only the process's existence counts
         else:
             owner = Owner(host="elsewhere.example", pid=1, started=1.0, token="t")
-            heartbeat = now - 1 if "fresh" in who else now - _store.LEASE_SECONDS - 1
+            heartbeat = now - 1 if "fresh" in who else now - _lease.LEASE_SECONDS - 1
         _forge_lease(client, owner, heartbeat)
         f, calls = _one_step(client)
         if taken_over:

@@ -22,7 +22,7 @@ import diskcache
 import pytest
 
 import nbdurable
-from nbdurable import _store
+from nbdurable import _lease, _store
 from nbdurable._types import RunStatus
 from nbdurable.testing import FakeClock
 from tests.reliability import workload as w
@@ -189,7 +189,7 @@ def test_killed_run_resumes_to_the_same_output_and_never_reruns_a_completed_step
             if finished_once:
                 fig["kills while re-running the completed run"] += 1
             if run is not None:  # a dead owner's run reads as INTERRUPTED, or it had completed
-                status = _store.effective_status(run, time.time())
+                status = _lease.effective_status(run, time.time())
                 assert status in (RunStatus.INTERRUPTED, RunStatus.COMPLETED), status
         else:
             assert not in_flight, f"a step executed but was not recorded: {in_flight}"

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import nbdurable
-from nbdurable import _store
+from nbdurable import _records, _store
 
 APP = "reliability"
 FN_ID = "chain"
@@ -200,7 +200,7 @@ def inspect_store(path: str) -> dict[str, Any]:
         assert verdict == "ok", f"sqlite integrity_check: {verdict}"
     store = _store.Store(path)
     try:
-        models: dict[str, type[Any]] = {"r": _store.RunRecord, "s": _store.StepRecord, "e": _store.EventRecord}
+        models: dict[str, type[Any]] = {"r": _records.RunRecord, "s": _records.StepRecord, "e": _records.EventRecord}
         completed: set[str] = set()
         runs: list[Any] = []
         records = 0
