@@ -345,7 +345,7 @@ def view_row(ws: Workspace, sizes: Sizes) -> Row:
         from nbdurable._view import RunView
     except ImportError as exc:
         return Row("6", title, "-", "<= 1.25x", None, why=f"view not available ({exc})")
-    from nbdurable import _client
+    from nbdurable._process import STATE
 
     n = sizes.view_steps
     fn = ws.function("view")
@@ -356,12 +356,12 @@ def view_row(ws: Workspace, sizes: Sizes) -> Row:
     for _ in range(sizes.repeats):
         plain, shown = ws.fresh_data(n), ws.fresh_data(n)
         without.append(ws.timed_run(fn, plain, executes=n))
-        _client.run_hooks.append(hook)
+        STATE.run_hooks.append(hook)
         try:
             with_view.append(ws.timed_run(fn, shown, executes=n))
             with_view_replay.append(ws.timed_run(fn, shown, executes=0))
         finally:
-            _client.run_hooks.remove(hook)
+            STATE.run_hooks.remove(hook)
         without_replay.append(ws.timed_run(fn, plain, executes=0))
         if not views:
             raise AssertionError("no view was attached through run_hooks")

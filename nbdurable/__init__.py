@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nbdurable import _display, _process
 from nbdurable._client import Client, default_client, function
 from nbdurable._events import Cancel, Concurrency, Event, TriggerCron, TriggerEvent
 from nbdurable._function import Function
@@ -44,17 +45,20 @@ Inngest = Client
 
 __version__ = "0.1.0"
 
+_process.STATE.presenter = _display.PRESENTER
+
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext nbdurable``: the magics, the live run view, and a note of interrupted runs.
 
     IPython is imported only here, when the extension loads, never by ``import nbdurable``.
 
+    In a notebook cell::
+
+        %load_ext nbdurable
+
     Args:
         ipython: the IPython shell.
-
-    Example:
-        >>> %load_ext nbdurable  # doctest: +SKIP
     """
     from nbdurable._magics import load_ipython_extension as load
 
@@ -64,11 +68,12 @@ def load_ipython_extension(ipython: Any) -> None:
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext nbdurable``: remove exactly what loading added.
 
+    In a notebook cell::
+
+        %unload_ext nbdurable
+
     Args:
         ipython: the IPython shell.
-
-    Example:
-        >>> %unload_ext nbdurable  # doctest: +SKIP
     """
     from nbdurable._magics import unload_ipython_extension as unload
 

@@ -64,7 +64,7 @@ def _demo() -> int:
     nb = _quickstart()
     print(f"store shared by both passes: {store}")
     print(
-        "step table: icon, step, status (COMPLETED = executed in this pass, REPLAYED = from the store),\n"
+        "step table: icon, step, status (completed = executed in this pass, replayed = from the store),\n"
         "attempts used/allowed, time of the step's successful attempt, output\n"
     )
     try:
@@ -74,7 +74,7 @@ def _demo() -> int:
             print()
     finally:
         shutil.rmtree(store, ignore_errors=True)
-    print("Pass 2 called no step handler: every step was replayed from the store (\u21bb REPLAYED).")
+    print("Pass 2 called no step handler: every step was replayed from the store (\u21bb replayed).")
     return 0
 
 

@@ -38,6 +38,10 @@ class Signal:
         """True once ``set`` was called."""
         return self._event.is_set()
 
+    def wait(self, seconds: float | None) -> bool:
+        """Block the calling thread until set or ``seconds`` pass (None: no limit); True if set."""
+        return self._event.wait(seconds)
+
     def add_callback(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (from the setting thread) when set; at once if already set."""
         with self._lock:
@@ -109,7 +113,7 @@ class Clock:
         if wake is None:
             time.sleep(seconds)
         else:
-            wake._event.wait(_finite(seconds))
+            wake.wait(_finite(seconds))
 
     async def asleep(self, seconds: float, wake: Signal | None = None) -> None:
         """Suspend the calling task for ``seconds`` (less if ``wake`` is set meanwhile)."""
@@ -126,7 +130,7 @@ class Clock:
         Unlike ``sleep``, a fake clock does not skip this: it returns when the signal is
         set or when its time is moved past the deadline.
         """
-        return signal._event.wait(_finite(seconds))
+        return signal.wait(_finite(seconds))
 
     async def await_signal(self, signal: Signal, seconds: float | None) -> bool:
         """Suspend the calling task until ``signal`` is set or ``seconds`` pass; True if set."""

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from nbdurable._clock import Signal
 from nbdurable._events import Event, TriggerCron
+from nbdurable._loop import is_home_loop, running_loop
 
 if TYPE_CHECKING:
     from nbdurable._client import Client
@@ -60,14 +61,9 @@ class CronScheduler:
         Started on a long-lived event loop (a Jupyter kernel's), async functions' runs
         become tasks on that loop, like those started from a cell.
         """
-        from nbdurable._function import _TEMPORARY_LOOPS
-
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
+        loop = running_loop()
         with self._lock:
-            self._home = loop if loop is not None and loop not in _TEMPORARY_LOOPS else None
+            self._home = loop if is_home_loop(loop) else None
             if self.running:
                 return
             self._stopped = False

@@ -45,7 +45,8 @@ class Unreadable:
 class SafeDisk(diskcache.Disk):  # type: ignore[misc]
     """diskcache's ``Disk`` without pickle, confined to its directory, with private files."""
 
-    _local = threading.local()
+    removals = threading.local()
+    """Per thread: the files whose removal is deferred, and for which disk (see ``deferred_removes``)."""
 
     def _inside(self, filename: Any) -> str | None:
         """The full path of a value file, or None if ``filename`` points outside the store."""
@@ -107,8 +108,8 @@ class SafeDisk(diskcache.Disk):  # type: ignore[misc]
         """Delete a value file inside the store (or note it, while removals are deferred here)."""
         if self._inside(file_path) is None:
             return
-        deferred: list[str] | None = getattr(SafeDisk._local, "deferred", None)
-        if deferred is not None and getattr(SafeDisk._local, "disk", None) is self:
+        deferred: list[str] | None = getattr(SafeDisk.removals, "deferred", None)
+        if deferred is not None and getattr(SafeDisk.removals, "disk", None) is self:
             deferred.append(file_path)
             return
         super().remove(file_path)
@@ -122,8 +123,8 @@ def deferred_removes(cache: diskcache.Cache) -> Iterator[None]:
     enclosing transaction commits: a process killed in between would leave the row naming a
     deleted file. Use it around ``cache.transact()`` so deletions happen after the commit.
     """
-    disk: SafeDisk = cache._disk
-    local = SafeDisk._local
+    disk: SafeDisk = cache._disk  # noqa: SLF001 - this module is where diskcache's internals are used
+    local = SafeDisk.removals
     outer = getattr(local, "deferred", None), getattr(local, "disk", None)
     deferred: list[str] = []
     local.deferred, local.disk = deferred, disk
@@ -156,7 +157,7 @@ def range_rows(cache: diskcache.Cache, start: str, prefix: str) -> list[tuple[st
     the inline bytes for small values, None where it lives in a file or in another mode (read
     it with :func:`read_one`, which applies :class:`SafeDisk`'s rules).
     """
-    rows = cache._sql(_RANGE_SQL, (start, prefix + _TOP)).fetchall()
+    rows = cache._sql(_RANGE_SQL, (start, prefix + _TOP)).fetchall()  # noqa: SLF001 - see the module docstring
     return [
         (key, bytes(value) if mode == MODE_RAW and isinstance(value, bytes) else None)
         for key, mode, _filename, value in rows

@@ -10,12 +10,13 @@ import datetime as _dt
 import functools
 import json
 import re
-import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from nbdurable._process import STATE, Where
 from nbdurable._serde import non_str_keys
+from nbdurable._types import duration_seconds
 
 if TYPE_CHECKING:
     from nbdurable._clock import Signal
@@ -176,19 +177,14 @@ class Cancel:
         _check_name(self.event, "Cancel event")
         _check_cel(self.if_exp, f"Cancel({self.event!r}) if_exp")
         if self.timeout is not None:
-            from nbdurable._engine import duration_seconds
-
             duration_seconds(self.timeout, f"Cancel({self.event!r}) timeout")
 
     def matches(self, trigger: Event, candidate: Event, run_age: float) -> bool:
         """Whether ``candidate`` cancels a run triggered by ``trigger`` that started ``run_age`` s ago."""
         if candidate.name != self.event:
             return False
-        if self.timeout is not None:
-            from nbdurable._engine import duration_seconds
-
-            if run_age > duration_seconds(self.timeout, "timeout"):
-                return False
+        if self.timeout is not None and run_age > duration_seconds(self.timeout, "timeout"):
+            return False
         return self.if_exp is None or _truthy(self.if_exp, event=trigger.to_dict(), async_=candidate.to_dict())
 
 
@@ -307,32 +303,28 @@ class Waiter:
         return self.if_exp is None or _truthy(self.if_exp, event=self.trigger, async_=candidate.to_dict())
 
 
-_waiters: dict[tuple[str, str], list[Waiter]] = {}
-_waiters_lock = threading.Lock()
-
-
-def add_waiter(store: str, app: str, waiter: Waiter) -> None:
+def add_waiter(where: Where, waiter: Waiter) -> None:
     """Register a wait so events sent in this process resolve it."""
-    with _waiters_lock:
-        _waiters.setdefault((store, app), []).append(waiter)
+    with STATE.waiters_lock:
+        STATE.waiters.setdefault(where, []).append(waiter)
 
 
-def remove_waiter(store: str, app: str, waiter: Waiter) -> None:
+def remove_waiter(where: Where, waiter: Waiter) -> None:
     """Unregister a wait that ended."""
-    with _waiters_lock:
-        group = _waiters.get((store, app), [])
+    with STATE.waiters_lock:
+        group = STATE.waiters.get(where, [])
         if waiter in group:
             group.remove(waiter)
 
 
-def resolve_waiters(store: str, app: str, seq: int, event: Event) -> int:
+def resolve_waiters(where: Where, seq: int, event: Event) -> int:
     """Hand ``event`` (sequence number ``seq``) to every matching wait that began before it."""
-    with _waiters_lock:
-        group = list(_waiters.get((store, app), []))
+    with STATE.waiters_lock:
+        group = list(STATE.waiters.get(where, []))
     woken = 0
     for waiter in group:
         if waiter.event is None and waiter.after < seq and waiter.matches(event):
-            with _waiters_lock:  # two senders racing: the first match wins
+            with STATE.waiters_lock:  # two senders racing: the first match wins
                 if waiter.event is not None:
                     continue
                 waiter.event = event

@@ -8,7 +8,8 @@ import inspect
 import json
 from typing import Any
 
-_code_cache: dict[object, str] = {}
+from nbdurable._process import STATE
+
 _PLAIN = frozenset({int, str, float, bool, type(None), bytes})
 
 
@@ -23,13 +24,14 @@ def _code_fingerprint(fn: Any) -> str:
         code = getattr(call, "__code__", None)
         if code is None:  # builtins and C callables: their name is all there is
             return _digest(f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}".encode())
-    found = _code_cache.get(code)
+    found = STATE.code_fingerprints.get(code)
     if found is None:
         try:
             text = inspect.getsource(code).encode()
         except (OSError, TypeError):
             text = code.co_code + repr(code.co_consts).encode()
-        found = _code_cache[code] = _digest(text)
+        found = _digest(text)
+        STATE.code_fingerprints.put(code, found)
     return found
 
 

@@ -1,25 +1,17 @@
-"""``Function``: a durable function, with ``run`` / ``run_async`` / ``start`` and run ids."""
+"""``Function``: a durable function, its options and run ids; ``run`` / ``run_async`` / ``start``."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import hashlib
 import inspect
-import os
-import threading
-import weakref
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from nbdurable import _keys, _lease
-from nbdurable._clock import Signal
-from nbdurable._engine import _IN_HANDLER, CancelSignal, Execution, wait_sync
+from nbdurable import _execute, _history, _keys
 from nbdurable._events import Cancel, Concurrency, Event, TriggerCron, TriggerEvent, canonical_json
-from nbdurable._run import NO_OUTPUT, Run
+from nbdurable._run import Run
 from nbdurable._serde import check_serializer
-from nbdurable._step import Context, ContextSync, make_context
 from nbdurable._types import RunStatus
 
 if TYPE_CHECKING:
@@ -29,95 +21,21 @@ T = TypeVar("T")
 ON_CHANGE = ("warn", "rerun", "ignore")
 
 
-_TEMPORARY_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
-"""Loops ``run_blocking`` made for one call: background runs must not become their tasks."""
-
-
-def run_blocking(awaitable: Awaitable[T]) -> T:
-    """Run an awaitable to completion from sync code, also inside a running loop (Jupyter)."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    try:
-        if loop is None:
-            return asyncio.run(_as_coroutine(awaitable, temporary=True))
-        import nest_asyncio
-
-        nest_asyncio.apply(loop)
-        return loop.run_until_complete(_as_coroutine(awaitable, temporary=False))
-    except _Interrupted as carried:
-        interrupt = carried.interrupt
-    raise interrupt  # outside the except block: the interrupt keeps its own traceback and context
-
-
-class _Interrupted(Exception):  # noqa: N818 - a carrier, never seen by users
-    """Carries a KeyboardInterrupt / SystemExit out of a task.
-
-    A task that raises one of them keeps it as an exception nobody retrieves; its
-    "never retrieved" log, when garbage collected, can land anywhere (even inside a
-    parse by the compiler). As an ordinary exception it is retrieved and re-raised.
-    """
-
-    def __init__(self, interrupt: BaseException) -> None:
-        super().__init__(repr(interrupt))
-        self.interrupt = interrupt
-
-
-async def _as_coroutine(awaitable: Awaitable[T], *, temporary: bool) -> T:
-    if temporary:
-        _TEMPORARY_LOOPS.add(asyncio.get_running_loop())
-    try:
-        return await awaitable
-    except (KeyboardInterrupt, SystemExit) as exc:
-        raise _Interrupted(exc) from None
-
-
-class _Slots:
-    """In-process concurrency limits: runs take every slot they need at once, or queue."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._used: dict[tuple[str, int, str], int] = {}
-        self._queued: dict[tuple[str, int, str], list[Signal]] = {}
-
-    def take(self, keys: list[tuple[tuple[str, int, str], int]], wake: Signal) -> bool:
-        """Take a slot of every key, or none and queue ``wake`` to be set when one frees."""
-        with self._lock:
-            for key, limit in keys:
-                if self._used.get(key, 0) >= limit:
-                    self._queued.setdefault(key, []).append(wake)
-                    return False
-            for key, _ in keys:
-                self._used[key] = self._used.get(key, 0) + 1
-            return True
-
-    def give_back(self, keys: list[tuple[tuple[str, int, str], int]]) -> None:
-        """Free the slots a run took and wake the runs queued for them."""
-        woken: list[Signal] = []
-        with self._lock:
-            for key, _ in keys:
-                self._used[key] -= 1
-                woken += self._queued.pop(key, [])
-        for wake in woken:
-            wake.set()
-
-
-SLOTS = _Slots()
-
-
 class Function(Generic[T]):
     """A durable function: every ``ctx.step.run`` inside it is stored, retried and replayed.
 
     Create one with ``client.create_function(...)`` or ``@nbdurable.function``.
 
     Example:
-        >>> @client.create_function(fn_id="hello")  # doctest: +SKIP
+        >>> @client.create_function(fn_id="hello")
         ... def hello(ctx: nbdurable.ContextSync) -> str:
         ...     return ctx.step.run("greet", lambda: f"hi {ctx.event.data['name']}")
-        >>> hello.run({"name": "ada"})  # doctest: +SKIP
+        >>> hello.run({"name": "ada"})
         'hi ada'
     """
+
+    is_durable_function = True
+    """Marks durable functions (``step.invoke`` checks it without importing this module)."""
 
     def __init__(
         self,
@@ -181,14 +99,15 @@ class Function(Generic[T]):
         """The durable function running ``on_failure`` (id ``"{fn_id}-failure"``)."""
         if on_failure is not None:
             self.failure_function = Function(client, on_failure, fn_id=f"{fn_id}-failure", retries=retries)
-        functools.update_wrapper(self, handler)  # type: ignore[arg-type]
+        functools.update_wrapper(self, handler)  # type: ignore[arg-type]  # typeshed: only for functions
 
     def __repr__(self) -> str:
         return f"<nbdurable.Function {self.id!r}>"
 
     # -- identity ----------------------------------------------------------------------------
 
-    def _event(self, data: dict[str, Any] | None, event: Event | None) -> Event:
+    def event_for(self, data: dict[str, Any] | None, event: Event | None) -> Event:
+        """The triggering event of a call: ``event``, or one named after the trigger carrying ``data``."""
         if event is not None:
             if data is not None:
                 msg = f"function {self.id!r}: pass either data or event, not both"
@@ -200,8 +119,21 @@ class Function(Generic[T]):
         name = next((t.event for t in self.triggers if isinstance(t, TriggerEvent) and "*" not in t.event), None)
         return Event(name or f"run/{self.id}", data or {})
 
+    def check_run_id(self, run_id: object) -> str:
+        """``run_id`` if it is a usable run id; a ``ValueError`` naming it and the fix otherwise."""
+        return _keys.check_id(run_id, f"function {self.id!r}: run_id", f"{self.id}.run(run_id='day-1')")
+
     def run_id_for(self, event: Event) -> str:
-        """The run id for an event: the ``idempotency`` key, else a hash of the event's name and data."""
+        """The run id for an event: the ``idempotency`` key, else a hash of the event's name and data.
+
+        Example:
+            >>> @client.create_function(fn_id="hashed")
+            ... def hashed(ctx: nbdurable.ContextSync) -> None: ...
+            >>> hashed.run_id_for(nbdurable.Event("run/hashed", {"x": 1})) == hashed.run_id_for(
+            ...     nbdurable.Event("run/hashed", {"x": 1})
+            ... )
+            True
+        """
         if self.idempotency is not None:
             from nbdurable._cel import evaluate
 
@@ -217,157 +149,7 @@ class Function(Generic[T]):
             basis = f"{self.id}\x00{event.name}\x00{canonical_json(event.data, what=f'{self.id} event data')}"
         return hashlib.sha256(basis.encode()).hexdigest()[:16]
 
-    def _claim(self, data: dict[str, Any] | None, run_id: str | None, event: Event | None) -> tuple[Run[T], bool]:
-        ev = self._event(data, event)
-        if run_id is None:
-            run_id = self.run_id_for(ev)
-        else:
-            _keys.check_id(run_id, f"function {self.id!r}: run_id", f"{self.id}.run(run_id='day-1')")
-        return self.client._claim_run(self, run_id, ev)
-
     # -- executing ---------------------------------------------------------------------------
-
-    def _open(self, run: Run[T]) -> tuple[Execution, Context | ContextSync]:
-        ex = Execution(self.client, self, run)
-        try:
-            ex.begin()
-        except BaseException as exc:
-            _lease.retire_owner(ex.owner)
-            self.client._release_run(run, NO_OUTPUT, exc)
-            raise
-        return ex, make_context(ex, self.is_async)
-
-    def _close(self, ex: Execution, output: Any, exc: BaseException | None) -> T:
-        try:
-            result = ex.end(output, exc)
-        except BaseException as err:
-            if ex.run.status is RunStatus.FAILED:
-                self.client._after_failure(self, ex.run)
-            self.client._release_run(ex.run, NO_OUTPUT, err)
-            raise
-        self.client._release_run(ex.run, result, None)
-        return result  # type: ignore[no-any-return]
-
-    def _slot_keys(self, run: Run[T]) -> list[tuple[tuple[str, int, str], int]]:
-        return [
-            (
-                (
-                    f"{os.path.abspath(self.client.store_path)}\x00{self.client.app_id}\x00{self.id}",
-                    i,
-                    c.group(run.event),
-                ),
-                c.limit,
-            )
-            for i, c in enumerate(self.concurrency)
-        ]
-
-    def _try_slots(self, run: Run[T], keys: list[tuple[tuple[str, int, str], int]]) -> Signal | None:
-        """Take the concurrency slots (None), or queue the run and return what wakes it to try again.
-
-        The signal is also set by ``Run.cancel()``; the caller waits on it, then forgets it.
-        """
-        wake = Signal()
-        run._signals.add(wake)
-        if SLOTS.take(keys, wake):
-            run._signals.discard(wake)
-            return None
-        run.status = RunStatus.QUEUED
-        return wake
-
-    def _queue_sync(self, run: Run[T], keys: list[tuple[tuple[str, int, str], int]]) -> bool:
-        """Wait for concurrency slots; False when the run was cancelled while queued."""
-        while run._cancel_reason is None:
-            wake = self._try_slots(run, keys)
-            if wake is None:
-                return True
-            try:
-                wait_sync(self.client.clock, wake, None)
-            finally:
-                run._signals.discard(wake)
-        return False
-
-    async def _queue_async(self, run: Run[T], keys: list[tuple[tuple[str, int, str], int]]) -> bool:
-        """Wait for concurrency slots without blocking the loop; False when cancelled while queued."""
-        while run._cancel_reason is None:
-            wake = self._try_slots(run, keys)
-            if wake is None:
-                return True
-            try:
-                await self.client.clock.await_signal(wake, None)
-            finally:
-                run._signals.discard(wake)
-        return False
-
-    def _execute_sync(self, run: Run[T]) -> T:
-        # A run started from inside a step (send_event, invoke) is not inside that step.
-        token = _IN_HANDLER.set(None)
-        try:
-            return self._execute_sync_inner(run)
-        except BaseException as exc:
-            self._release_unfinished(run, exc)
-            raise
-        finally:
-            _IN_HANDLER.reset(token)
-
-    def _execute_sync_inner(self, run: Run[T]) -> T:
-        keys = self._slot_keys(run) if self.concurrency else []
-        if keys and not self._queue_sync(run, keys):
-            ex, _ = self._open(run)
-            return self._close(ex, NO_OUTPUT, CancelSignal(run._cancel_reason or "cancelled"))
-        try:
-            ex, ctx = self._open(run)
-            try:
-                output = self.handler(ctx)
-            except BaseException as exc:  # noqa: BLE001 - the engine decides what each means
-                return self._close(ex, NO_OUTPUT, exc)
-            return self._close(ex, output, None)
-        finally:
-            if keys:
-                SLOTS.give_back(keys)
-
-    async def _execute_async(self, run: Run[T]) -> T:
-        token = _IN_HANDLER.set(None)
-        try:
-            return await self._execute_async_inner(run)
-        except BaseException as exc:
-            self._release_unfinished(run, exc)
-            raise
-        finally:
-            _IN_HANDLER.reset(token)
-
-    def _claim_shown(self, data: dict[str, Any] | None, run_id: str | None, event: Event | None) -> tuple[Run[T], bool]:
-        """Claim the run and show its view (a view that fails to show releases the claim)."""
-        run, attached = self._claim(data, run_id, event)
-        if not attached:
-            run._blocking = True
-        try:
-            self.client._show(run)
-        except BaseException as exc:
-            if not attached:
-                self._release_unfinished(run, exc)
-            raise
-        return run, attached
-
-    def _release_unfinished(self, run: Run[T], exc: BaseException) -> None:
-        """A claimed run that failed before its execution could end (e.g. the store would not open)."""
-        if not run.done:
-            self.client._release_run(run, NO_OUTPUT, exc)
-
-    async def _execute_async_inner(self, run: Run[T]) -> T:
-        keys = self._slot_keys(run) if self.concurrency else []
-        if keys and not await self._queue_async(run, keys):
-            ex, _ = self._open(run)
-            return self._close(ex, NO_OUTPUT, CancelSignal(run._cancel_reason or "cancelled"))
-        try:
-            ex, ctx = self._open(run)
-            try:
-                output = await self.handler(ctx)
-            except BaseException as exc:  # noqa: BLE001 - the engine decides what each means
-                return self._close(ex, NO_OUTPUT, exc)
-            return self._close(ex, output, None)
-        finally:
-            if keys:
-                SLOTS.give_back(keys)
 
     def run(self, data: dict[str, Any] | None = None, *, run_id: str | None = None, event: Event | None = None) -> T:
         """Execute the run to the end and return its output (blocking, also in Jupyter).
@@ -385,34 +167,19 @@ class Function(Generic[T]):
             RunLockedError: another live process executes this run.
 
         Example:
-            >>> fn.run({"user_id": 1})  # doctest: +SKIP
+            >>> @client.create_function(fn_id="double")
+            ... def double(ctx: nbdurable.ContextSync) -> int:
+            ...     return ctx.step.run("x2", lambda: ctx.event.data["x"] * 2)
+            >>> double.run({"x": 21}), double.run({"x": 21})  # the second call replays
+            (42, 42)
         """
-        run, attached = self._claim_shown(data, run_id, event)
-        if attached:
-            return run.wait()
-        if self.is_async:
-            return run_blocking(self._execute_async(run))
-        return self._execute_sync(run)
+        return _execute.run_sync(self, data, run_id, event)
 
     async def run_async(
         self, data: dict[str, Any] | None = None, *, run_id: str | None = None, event: Event | None = None
     ) -> T:
-        """Execute the run to the end and return its output, awaiting it.
-
-        Example:
-            >>> await fn.run_async({"user_id": 1})  # doctest: +SKIP
-        """
-        run, attached = self._claim_shown(data, run_id, event)
-        if attached:
-            return await run
-        if self.is_async:
-            return await self._execute_async(run)
-        try:
-            return await asyncio.to_thread(self._execute_sync, run)
-        except asyncio.CancelledError:
-            # The worker thread cannot be stopped mid-step: it stops, INTERRUPTED, at the next one.
-            run._interrupt("the task awaiting the run was cancelled")
-            raise
+        """Execute the run to the end and return its output, awaiting it (see :meth:`run`)."""
+        return await _execute.run_async(self, data, run_id, event)
 
     def start(
         self, data: dict[str, Any] | None = None, *, run_id: str | None = None, event: Event | None = None
@@ -424,25 +191,14 @@ class Function(Generic[T]):
         way the caller (the kernel) stays free. ``Run.cancel()`` stops it between steps.
 
         Example:
-            >>> run = fn.start({"user_id": 1}); run.wait()  # doctest: +SKIP
+            >>> @client.create_function(fn_id="background")
+            ... def background(ctx: nbdurable.ContextSync) -> str:
+            ...     return ctx.step.run("work", lambda: "done")
+            >>> run = background.start()
+            >>> run.wait(10)
+            'done'
         """
-        run, attached = self._claim(data, run_id, event)
-        if attached:
-            return run
-        run._blocking = False
-        if self.is_async:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is not None and loop not in _TEMPORARY_LOOPS:
-                run._task = loop.create_task(_quietly(self._execute_async(run)))
-                return run
-            target: Callable[[], Any] = lambda: asyncio.run(_quietly(self._execute_async(run)))  # noqa: E731
-        else:
-            target = lambda: _quietly_sync(self._execute_sync, run)  # noqa: E731
-        threading.Thread(target=target, name=f"nbdurable-{self.id}-{run.id}", daemon=True).start()
-        return run
+        return _execute.start(self, data, run_id, event)
 
     # -- managing runs -----------------------------------------------------------------------
 
@@ -452,7 +208,7 @@ class Function(Generic[T]):
 
     def clear(self, run_id: str | None = None) -> int:
         """Delete a run (or every run of this function) and its stored steps; returns runs deleted."""
-        return self.client._clear(self.id, run_id)
+        return _history.clear(self.client, self.id, run_id)
 
     def invalidate(self, run_id: str, from_step: str | None = None) -> list[str]:
         """Forget stored steps of a run so they execute again on the next run.
@@ -465,18 +221,7 @@ class Function(Generic[T]):
         Returns:
             The keys of the steps forgotten.
         """
-        return self.client._invalidate(self.id, run_id, from_step)
-
-
-async def _quietly(coro: Coroutine[Any, Any, Any]) -> None:
-    """Run a background execution; its outcome is kept in its ``Run``, not re-raised here."""
-    with contextlib.suppress(BaseException):  # already recorded in the Run
-        await coro
-
-
-def _quietly_sync(fn: Callable[[Run[Any]], Any], run: Run[Any]) -> None:
-    with contextlib.suppress(BaseException):  # already recorded in the Run
-        fn(run)
+        return _history.invalidate(self.client, self.id, run_id, from_step)
 
 
 def _check_list(fn_id: str, what: str, value: Any, types: tuple[type, ...], example: str) -> None:

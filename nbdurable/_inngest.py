@@ -23,8 +23,13 @@ def to_inngest(function: Function[Any], client: Any) -> Any:
         The ``inngest.Function``, ready for ``inngest.fast_api.serve`` or similar.
 
     Example:
-        >>> import inngest  # doctest: +SKIP
-        >>> served = nbdurable.to_inngest(etl, inngest.Inngest(app_id="prod"))  # doctest: +SKIP
+        >>> import inngest
+        >>> @client.create_function(fn_id="etl", trigger=nbdurable.TriggerEvent(event="app/etl"))
+        ... async def etl(ctx: nbdurable.Context) -> int:
+        ...     return await ctx.step.run("load", lambda: 7)
+        >>> served = nbdurable.to_inngest(etl, inngest.Inngest(app_id="prod", is_production=False))
+        >>> served.id
+        'prod-etl'
     """
     try:
         import inngest

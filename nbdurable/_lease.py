@@ -1,4 +1,4 @@
-"""Who owns a run: process identity that survives wall-clock steps, and whether an owner lives.
+"""Who owns a run: process identity, taking and keeping a run's lease, and the heartbeat.
 
 A lease names its owner by host, pid and the process's start. On Linux the start is read
 in clock ticks since boot (``/proc/<pid>/stat`` field 22) together with the boot id: both
@@ -9,13 +9,20 @@ start time psutil reports is used, compared with a tolerance.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 
+from nbdurable._process import STATE
 from nbdurable._records import Owner, RunRecord
-from nbdurable._types import RunStatus
+from nbdurable._store import Store
+from nbdurable._types import MISSING, RunStatus
+from nbdurable.errors import RunLockedError
+
+log = logging.getLogger("nbdurable")
 
 LEASE_SECONDS = 30.0
 """A heartbeat older than this means an owner on another host is gone."""
@@ -66,28 +73,28 @@ def start_time(pid: int) -> float | None:
 
 
 _lock = threading.Lock()
-_active_tokens: set[str] = set()
-_me: Owner | None = None
 
 
 def new_owner() -> Owner:
     """An owner identity for one execution of a run in this process."""
-    global _me  # noqa: PLW0603 - per-process identity, computed once per pid
     with _lock:
-        if _me is None or _me.pid != os.getpid():
+        me = STATE.owner
+        if me is None or me.pid != os.getpid():
             pid = os.getpid()
             ticks = start_ticks(pid)
             started = 0.0 if ticks is not None else start_time(pid) or 0.0
-            _me = Owner(host=HOST, pid=pid, started=started, token="", ticks=ticks, boot=BOOT if ticks else None)
+            me = STATE.owner = Owner(
+                host=HOST, pid=pid, started=started, token="", ticks=ticks, boot=BOOT if ticks else None
+            )
         token = uuid.uuid4().hex
-        _active_tokens.add(token)
-        return _me.model_copy(update={"token": token})
+        STATE.active_tokens.add(token)
+        return me.model_copy(update={"token": token})
 
 
 def retire_owner(owner: Owner) -> None:
     """Forget an owner token of this process (its execution ended)."""
     with _lock:
-        _active_tokens.discard(owner.token)
+        STATE.active_tokens.discard(owner.token)
 
 
 def owner_alive(owner: Owner, heartbeat_at: float | None, now: float) -> bool:
@@ -100,7 +107,7 @@ def owner_alive(owner: Owner, heartbeat_at: float | None, now: float) -> bool:
     if owner.host != HOST:
         return heartbeat_at is not None and now - heartbeat_at < LEASE_SECONDS
     if owner.pid == os.getpid():
-        return owner.token in _active_tokens
+        return owner.token in STATE.active_tokens
     if owner.ticks is not None:
         if owner.boot is not None and BOOT is not None and owner.boot != BOOT:
             return False  # written before this machine last booted
@@ -116,3 +123,114 @@ def effective_status(rec: RunRecord, now: float) -> RunStatus:
     if rec.status.active and (rec.owner is None or not owner_alive(rec.owner, rec.heartbeat_at, now)):
         return RunStatus.INTERRUPTED
     return rec.status
+
+
+class Lease:
+    """One execution's hold on a run record: taken once, written only while still held.
+
+    Args:
+        store: the store.
+        key: the run record's key.
+        describe: the run as messages name it (``run 'r1' of 'etl'``).
+    """
+
+    def __init__(self, store: Store, key: str, describe: str) -> None:
+        self.store = store
+        self.key = key
+        self.describe = describe
+        self.owner = new_owner()
+        self.lost = False
+        """Another process took the run over (this one stalled past its lease): stop, write nothing."""
+
+    def take(self, now: float, build: Callable[[RunRecord | None, bool], RunRecord]) -> None:
+        """Take the run in one transaction, or raise ``RunLockedError`` while a live owner holds it.
+
+        ``build(current, absent)`` gets the stored record (None if absent or unreadable) and
+        returns the record to write; this lease's owner is written into it.
+        """
+
+        def change(got: object) -> tuple[RunRecord, bytes]:
+            cur = got[0] if isinstance(got, tuple) else None
+            owner = cur.owner if cur is not None and cur.status.active else None
+            if owner is not None and owner_alive(owner, cur.heartbeat_at if cur else None, now):
+                msg = (
+                    f"{self.describe} is being executed by another process (host {owner.host}, pid "
+                    f"{owner.pid}). Fix: wait for it to finish and run again (completed steps will "
+                    "replay), or stop that process."
+                )
+                raise RunLockedError(msg)
+            rec = build(cur, got is MISSING)
+            return rec.model_copy(update={"owner": self.owner, "heartbeat_at": now}), b""
+
+        try:
+            self.store.update_run(self.key, change)
+        except BaseException:
+            retire_owner(self.owner)
+            raise
+
+    def write(self, record: RunRecord, payload: bytes = b"") -> bool:
+        """Write the run record if this lease still holds it; False (and ``lost``) otherwise.
+
+        A process that stalled past its lease (another host's view) may find the run taken
+        over: then nothing is written, and the run stops before its next step.
+        """
+
+        def change(got: object) -> tuple[RunRecord, bytes] | None:
+            cur = got[0] if isinstance(got, tuple) else None
+            if cur is not None and (cur.owner is None or cur.owner.token != self.owner.token):
+                self.lost = True
+                return None
+            return record, payload
+
+        self.store.update_run(self.key, change)
+        return not self.lost
+
+    def release(self) -> None:
+        """Forget this lease's token (the execution ended)."""
+        retire_owner(self.owner)
+
+
+class Heartbeat:
+    """One daemon thread for the process: calls each registered ``beat`` every ``PERIOD`` seconds."""
+
+    PERIOD = 0.25
+    REFRESH = 5.0
+    """Seconds between lease refreshes when nothing else changed."""
+
+    def __init__(self) -> None:
+        self._active: set[Callable[[], None]] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, beat: Callable[[], None]) -> None:
+        """Start calling ``beat`` (it must never block for long)."""
+        with self._lock:
+            self._active.add(beat)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="nbdurable-heartbeat", daemon=True)
+                self._thread.start()
+
+    def remove(self, beat: Callable[[], None]) -> None:
+        """Stop calling ``beat``."""
+        with self._lock:
+            self._active.discard(beat)
+
+    def _loop(self) -> None:
+        wake = threading.Event()
+        while True:
+            wake.wait(self.PERIOD)
+            with self._lock:
+                active = list(self._active)
+            for beat in active:
+                try:
+                    beat()
+                except Exception:
+                    log.debug("heartbeat failed", exc_info=True)
+
+
+def heartbeat() -> Heartbeat:
+    """The process's heartbeat (made on first use)."""
+    with _lock:
+        if STATE.heartbeat is None:
+            STATE.heartbeat = Heartbeat()
+        return STATE.heartbeat

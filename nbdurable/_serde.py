@@ -9,6 +9,8 @@ import pickle
 import typing
 from typing import Any, Protocol
 
+from nbdurable._process import STATE
+from nbdurable._types import NO_TYPE
 from nbdurable.errors import OutputUnserializableError
 
 SERIALIZERS = ("json", "pickle")
@@ -157,15 +159,6 @@ def codec_for(serializer: str, output_type: Any) -> Codec:
         return PydanticCodec(output_type)
 
 
-class _NoType:
-    def __repr__(self) -> str:
-        return "NO_TYPE"
-
-
-NO_TYPE: Any = _NoType()
-_annotation_cache: dict[object, Any] = {}
-
-
 def return_annotation(handler: Any) -> Any:
     """The handler's resolved return annotation, or ``NO_TYPE``; cached per code object and annotation."""
     fn = handler
@@ -181,13 +174,14 @@ def return_annotation(handler: Any) -> Any:
             return NO_TYPE
     ann = getattr(fn, "__annotations__", {}).get("return", NO_TYPE)
     # Closures made by one factory share a code object, not their return annotation.
-    key: tuple[Any, Any] | None = (code, ann)
+    key = (code, ann)
+    cacheable = True
     try:
-        return _annotation_cache[key]
-    except KeyError:
-        pass
+        found = STATE.annotations.get(key)
     except TypeError:  # an unhashable annotation object: not cached
-        key = None
+        cacheable, found = False, None
+    if found is not None:
+        return found
     if isinstance(ann, str) and ann not in _JSON_NATIVE:
         try:
             ann = typing.get_type_hints(fn).get("return", NO_TYPE)
@@ -195,8 +189,8 @@ def return_annotation(handler: Any) -> Any:
             ann = NO_TYPE
     if isinstance(ann, str):
         ann = NO_TYPE
-    if key is not None:
-        _annotation_cache[key] = ann
+    if cacheable:
+        STATE.annotations.put(key, ann)
     return ann
 
 

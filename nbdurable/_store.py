@@ -18,7 +18,6 @@ import json
 import os
 import sqlite3
 import stat
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -28,27 +27,13 @@ import pydantic
 
 from nbdurable import _diskcompat, _trust
 from nbdurable._diskcompat import Unreadable
+from nbdurable._process import STATE
 from nbdurable._records import SCHEMA_VERSION, EventRecord, R, Record, RunRecord, StepRecord
+from nbdurable._types import CORRUPT, MISSING, Absent
 from nbdurable.errors import StoreError
 
 SEP = "\x1f"
 DB_FILE = "cache.db"
-
-
-class _Missing:
-    def __repr__(self) -> str:
-        return "MISSING"
-
-
-class _Corrupt:
-    def __repr__(self) -> str:
-        return "CORRUPT"
-
-
-MISSING: Any = _Missing()
-"""No record under the key."""
-CORRUPT: Any = _Corrupt()
-"""A record exists but cannot be read (a warning was emitted)."""
 
 
 # --- keys ---------------------------------------------------------------------------------
@@ -77,14 +62,10 @@ _encode_header = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).enc
 
 # --- the store ----------------------------------------------------------------------------
 
-_open_stores: dict[str, Store] = {}
-_open_lock = threading.Lock()
-_warned: set[tuple[str, str]] = set()
-
 
 def _warn_once(path: str, what: str, message: str) -> None:
-    if (path, what) not in _warned:
-        _warned.add((path, what))
+    if (path, what) not in STATE.warned:
+        STATE.warned.add((path, what))
         warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
@@ -148,18 +129,18 @@ class Store:
     def open(cls, path: str | os.PathLike[str]) -> Store:
         """The process-wide store for ``path`` (opened once)."""
         full = os.path.abspath(os.fspath(path))
-        with _open_lock:
-            store = _open_stores.get(full)
+        with STATE.stores_lock:
+            store = STATE.open_stores.get(full)
             if store is None:
-                store = _open_stores[full] = cls(full)
+                store = STATE.open_stores[full] = cls(full)
             return store
 
     @classmethod
     def forget(cls, path: str | os.PathLike[str]) -> None:
         """Close and drop the process-wide store for ``path`` (tests, reopening)."""
         full = os.path.abspath(os.fspath(path))
-        with _open_lock:
-            store = _open_stores.pop(full, None)
+        with STATE.stores_lock:
+            store = STATE.open_stores.pop(full, None)
         if store is not None:
             store.cache.close()
 
@@ -219,7 +200,7 @@ class Store:
 
     # -- raw records ----------------------------------------------------------------------
 
-    def _decode(self, key: str, raw: Any, model: type[R]) -> tuple[R, bytes] | Any:
+    def _decode(self, key: str, raw: Any, model: type[R]) -> tuple[R, bytes] | Absent:
         if raw is None:
             return MISSING
         if isinstance(raw, Unreadable):
@@ -262,7 +243,7 @@ class Store:
         with self._guard("read"):
             return _diskcompat.read_one(self.cache, key)
 
-    def get(self, key: str, model: type[R]) -> tuple[R, bytes] | Any:
+    def get(self, key: str, model: type[R]) -> tuple[R, bytes] | Absent:
         """The record and payload under ``key``, ``MISSING`` or ``CORRUPT``."""
         return self._decode(key, self._read(key), model)
 
@@ -325,7 +306,7 @@ class Store:
         """Every record under ``prefix``: its raw value, or None where it must be read on its own."""
         return dict(self._rows(prefix, prefix))
 
-    def decode_step(self, key: str, raw: bytes | None) -> tuple[StepRecord, bytes] | Any:
+    def decode_step(self, key: str, raw: bytes | None) -> tuple[StepRecord, bytes] | Absent:
         """A step record from a raw value given by ``scan`` (read on its own when None)."""
         if raw is None:
             return self.get_step(key)
@@ -375,15 +356,17 @@ class Store:
 
     # -- runs -------------------------------------------------------------------------------
 
-    def get_run(self, key: str) -> tuple[RunRecord, bytes] | Any:
+    def get_run(self, key: str) -> tuple[RunRecord, bytes] | Absent:
         """A run record."""
         return self.get(key, RunRecord)
 
-    def get_step(self, key: str) -> tuple[StepRecord, bytes] | Any:
+    def get_step(self, key: str) -> tuple[StepRecord, bytes] | Absent:
         """A step record."""
         return self.get(key, StepRecord)
 
-    def update_run(self, key: str, change: Callable[[Any], tuple[RunRecord, bytes] | None]) -> None:
+    def update_run(
+        self, key: str, change: Callable[[tuple[RunRecord, bytes] | Absent], tuple[RunRecord, bytes] | None]
+    ) -> None:
         """Read-modify-write a run record in one transaction (the lease primitive).
 
         ``change`` gets the current ``(record, payload)``, ``MISSING`` or ``CORRUPT`` and
@@ -398,7 +381,13 @@ class Store:
 
     def runs(self, app: str, function_id: str | None = None) -> list[RunRecord]:
         """Every readable run record of an app (or one function)."""
-        prefix = f"r{SEP}{app}{SEP}" + (f"{function_id}{SEP}" if function_id is not None else "")
+        return self._run_records(f"r{SEP}{app}{SEP}" + (f"{function_id}{SEP}" if function_id is not None else ""))
+
+    def all_runs(self) -> list[RunRecord]:
+        """Every readable run record of every app in the store."""
+        return self._run_records(f"r{SEP}")
+
+    def _run_records(self, prefix: str) -> list[RunRecord]:
         out = []
         for key, raw in self._rows(prefix, prefix):
             got = self._decode(key, raw if raw is not None else self._read(key), RunRecord)

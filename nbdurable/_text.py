@@ -1,9 +1,17 @@
-"""Text rendering of runs and steps: summaries and one line per step change."""
+"""Runs and steps as text: the one row formatter (the widget, ``show`` and terminals share it).
+
+A step is shown as cells (icon, step, status, attempts, time, detail); ``step_line`` joins
+them for text, the widget lays them out as a table, ``%nbdurable show`` as its own table.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from nbdurable._serde import json_default_preview
 from nbdurable._types import StepInfo, StepStatus
 
 if TYPE_CHECKING:
@@ -18,10 +26,17 @@ ICONS = {
     StepStatus.SLEEPING: "\u231b",
     StepStatus.WAITING: "\u2709",
 }
+COLUMNS = ("", "step", "status", "attempts", "took", "detail")
+_COUNTDOWN = {StepStatus.RETRYING: "retry in", StepStatus.SLEEPING: "wakes in", StepStatus.WAITING: "times out in"}
 
 
 def seconds(value: float | None) -> str:
-    """A short human duration."""
+    """A short human duration.
+
+    Example:
+        >>> seconds(0.0004), seconds(0.25), seconds(3), seconds(600)
+        ('400µs', '250ms', '3.0s', '10.0min')
+    """
     if value is None:
         return "-"
     if value < 1e-3:
@@ -33,17 +48,6 @@ def seconds(value: float | None) -> str:
     return f"{value / 60:.1f}min"
 
 
-def step_detail(step: StepInfo) -> str:
-    """Output preview or error text of a step."""
-    from nbdurable._serde import json_default_preview
-
-    if step.error is not None and step.status in (StepStatus.FAILED, StepStatus.RETRYING):
-        return f"{step.error.name}: {step.error.message}"[:100]
-    if step.has_output:
-        return json_default_preview(step.output)
-    return ""
-
-
 def attempt_number(step: StepInfo) -> int:
     """The attempt a step is at: a step that just started is at its first attempt, not its zeroth."""
     if step.status is StepStatus.RUNNING:
@@ -51,19 +55,58 @@ def attempt_number(step: StepInfo) -> int:
     return step.attempts
 
 
-def step_line(step: StepInfo) -> str:
-    """One line for a step, as printed on each state change outside a widget front end."""
-    icon = ICONS.get(step.status, "?")
-    parts = [f"{icon} {step.label:<24} {step.status.value:<9}", f"{attempt_number(step)}/{step.max_attempts}"]
-    parts.append(seconds(step.duration))
+def countdown(step: StepInfo, now: float) -> str:
+    """``retry in 2.0s`` while a step waits to retry (or sleeps, or waits for an event)."""
+    label = _COUNTDOWN.get(step.status)
+    if label is None or step.deadline is None:
+        return ""
+    return f"{label} {seconds(max(0.0, step.deadline - now))}"
+
+
+def step_detail(step: StepInfo) -> str:
+    """Output preview or error text of a step."""
+    if step.error is not None and step.status in (StepStatus.FAILED, StepStatus.RETRYING):
+        return f"{step.error.name}: {step.error.message}"[:100]
+    if step.has_output:
+        return json_default_preview(step.output)
+    return ""
+
+
+def step_cells(step: StepInfo, now: float) -> list[str]:
+    """A step's row as cells: icon, step, status, attempts k/n, time, detail (notes, countdown, output)."""
+    status = "replayed" if step.replayed else step.status.value.lower()
+    took = seconds(step.duration) if step.status is not StepStatus.RUNNING else "..."
+    notes = []
     if step.stale:
-        parts.append("(stale)")
+        notes.append("\u26a0 stale")
+    wait = countdown(step, now)
+    if wait:
+        notes.append(wait)
     if step.note:
-        parts.append(f"({step.note})")
+        notes.append(f"({step.note})")
     detail = step_detail(step)
     if detail:
-        parts.append(detail)
-    return "  ".join(parts)
+        notes.append(detail)
+    icon = ICONS.get(step.status, "?")
+    return [icon, step.label, status, f"{attempt_number(step)}/{step.max_attempts}", took, "  ".join(notes)]
+
+
+def step_line(step: StepInfo, now: float, widths: list[int] | None = None) -> str:
+    """A step's row as one line of text (its columns padded to ``widths`` when given)."""
+    cells = step_cells(step, now)
+    if widths is not None:
+        cells = [cell.ljust(width) for cell, width in zip(cells, widths, strict=False)] + cells[len(widths) :]
+    icon, *rest = cells
+    return "  ".join([f"{icon} {rest[0]}", *(cell for cell in rest[1:] if cell.strip())]).rstrip()
+
+
+def column_widths(steps: list[StepInfo], now: float) -> list[int]:
+    """The width of each column but the last, so rows of these steps line up."""
+    widths = [0] * (len(COLUMNS) - 1)
+    for step in steps:
+        for i, cell in enumerate(step_cells(step, now)[:-1]):
+            widths[i] = max(widths[i], len(cell))
+    return widths
 
 
 def run_header(run: Run[Any]) -> str:
@@ -73,27 +116,25 @@ def run_header(run: Run[Any]) -> str:
     return f"{run.function_id} / {run.id}: {run.status.value} in {seconds(run.elapsed)} ({tally or 'no steps'})"
 
 
-def run_summary(run: Run[Any]) -> str:
+def run_summary(run: Run[Any], now: float) -> str:
     """A header line and one line per step."""
     lines = [run_header(run)]
-    lines += ["  " + step_line(s) for s in run.steps]
+    steps = run.steps
+    widths = column_widths(steps, now)
+    lines += ["  " + step_line(s, now, widths) for s in steps]
     if run.error is not None:
         lines.append(f"  error: {run.error.name}: {run.error.message}")
     return "\n".join(lines)
 
 
-# --- showing runs outside (and at the door of) a widget front end -------------------------
+# --- outside a widget front end ---------------------------------------------------------------
 
 VIEW_ENV = "NBDURABLE_VIEW"
 """``NBDURABLE_VIEW=off`` silences the run view (widget and text); ``text`` forces text."""
 
-_LINE_KINDS = frozenset({"step_started", "step_replayed", "step_completed", "step_retrying", "step_failed"})
-
 
 def view_mode() -> str:
     """``off``, ``text`` or ``auto`` (widget in a notebook front end, text elsewhere)."""
-    import os
-
     value = os.environ.get(VIEW_ENV, "auto").strip().lower()
     if value in ("off", "0", "false", "no", "none"):
         return "off"
@@ -102,8 +143,6 @@ def view_mode() -> str:
 
 def in_widget_frontend() -> bool:
     """True inside a Jupyter kernel (a front end that renders widgets), never importing IPython."""
-    import sys
-
     ipython = sys.modules.get("IPython")
     if ipython is None or "ipykernel" not in sys.modules:
         return False
@@ -117,53 +156,39 @@ class TextView:
     Args:
         run: the run to follow (the view attaches as a listener at once).
         write: where lines go (default: ``sys.stderr``).
-
-    Example:
-        >>> view = TextView(run)  # doctest: +SKIP
+        now: the clock's ``now`` for countdowns.
     """
 
-    def __init__(self, run: Run[Any], write: Any = None) -> None:
+    def __init__(
+        self, run: Run[Any], write: Callable[[str], None] | None = None, now: Callable[[], float] | None = None
+    ) -> None:
         self.run = run
         self._write = write
+        self._now = now or _wall
         run.add_listener(self.on_event)
 
     def _emit(self, line: str) -> None:
         if self._write is not None:
             self._write(line)
             return
-        import sys
-
         print(line, file=sys.stderr, flush=True)  # noqa: T201 - this is the text view
 
     def on_event(self, kind: str, run: Run[Any], step: StepInfo | None) -> None:
         """Listener: print the step's new state, or the summary at the end."""
-        if kind in _LINE_KINDS and step is not None:
-            self._emit(f"[{run.function_id}] {step_line(step)}")
+        if kind.startswith("step_") and step is not None:
+            self._emit(f"[{run.function_id}] {step_line(step, self._now())}")
         elif kind == "run_finished":
             self._emit(f"[{run.function_id}] {run_header(run)}")
             if run.error is not None:
                 self._emit(f"[{run.function_id}]   error: {run.error.name}: {run.error.message}")
             self.close()
-        elif kind.startswith("step_") and step is not None:  # kinds added later (sleep, wait...)
-            self._emit(f"[{run.function_id}] {step_line(step)}")
 
     def close(self) -> None:
         """Stop following the run."""
         self.run.remove_listener(self.on_event)
 
 
-def show_run(run: Run[Any]) -> None:
-    """Show a run about to execute: the widget view in a notebook, text lines elsewhere.
+def _wall() -> float:
+    import time
 
-    Honours ``NBDURABLE_VIEW`` (``off`` shows nothing, ``text`` never builds a widget).
-    ipywidgets is imported only when a widget front end is present.
-    """
-    mode = view_mode()
-    if mode == "off":
-        return
-    if mode == "auto" and in_widget_frontend():
-        from nbdurable._view import display_run_view
-
-        display_run_view(run, close_when_done=True)
-        return
-    TextView(run)
+    return time.time()

@@ -1,11 +1,13 @@
-"""Plain value types shared by the engine, the store and the views."""
+"""Plain value types shared by every layer: statuses, sentinels, durations, ``Backoff``, ``StepInfo``."""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import enum
+import math
 import random
-from typing import Any
+from typing import Any, Final, Literal
 
 
 class RunStatus(str, enum.Enum):
@@ -33,6 +35,70 @@ class RunStatus(str, enum.Enum):
 
 _ACTIVE = frozenset({RunStatus.RUNNING, RunStatus.SLEEPING, RunStatus.WAITING})
 _FINISHED = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+class Sentinel(enum.Enum):
+    """Named "no value" markers (never ``None``, which can be a real value).
+
+    Each is the only member of its meaning, so ``x is NO_OUTPUT`` narrows types for mypy.
+    """
+
+    NO_OUTPUT = "NO_OUTPUT"
+    """A run (or step) has no output (yet, or none could be read)."""
+    NO_TYPE = "NO_TYPE"
+    """A handler has no usable return annotation."""
+    UNREADABLE = "UNREADABLE"
+    """A stored output that cannot be rebuilt (a warning was emitted; the step executes again)."""
+    MISSING = "MISSING"
+    """No record under a key."""
+    CORRUPT = "CORRUPT"
+    """A record exists but cannot be read (a warning was emitted)."""
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+NO_OUTPUT: Final = Sentinel.NO_OUTPUT
+NO_TYPE: Final = Sentinel.NO_TYPE
+UNREADABLE: Final = Sentinel.UNREADABLE
+MISSING: Final = Sentinel.MISSING
+CORRUPT: Final = Sentinel.CORRUPT
+NoOutput = Literal[Sentinel.NO_OUTPUT]
+Absent = Literal[Sentinel.MISSING, Sentinel.CORRUPT]
+
+
+def duration_seconds(value: Any, what: str) -> float:
+    """Milliseconds (int) or a ``timedelta`` as seconds; a clear error naming ``what`` otherwise.
+
+    Example:
+        >>> duration_seconds(1500, "timeout"), duration_seconds(_dt.timedelta(minutes=1), "timeout")
+        (1.5, 60.0)
+    """
+    if isinstance(value, _dt.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        seconds = value / 1000.0
+    else:
+        msg = (
+            f"{what} must be milliseconds (int) or a datetime.timedelta, got {type(value).__name__} {value!r:.60}. "
+            "Fix: e.g. 60_000 or datetime.timedelta(minutes=1)."
+        )
+        raise TypeError(msg)
+    if seconds < 0:
+        msg = f"{what} must not be negative, got {value!r}"
+        raise ValueError(msg)
+    return seconds
+
+
+def timestamp_of(value: Any, what: str) -> float:
+    """A ``datetime`` as epoch seconds (naive means local time, as ``datetime.timestamp``)."""
+    if not isinstance(value, _dt.datetime):
+        msg = (
+            f"{what} must be a datetime.datetime, got {type(value).__name__} {value!r:.60}. "
+            "Fix: e.g. datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)."
+        )
+        raise TypeError(msg)
+    return value.timestamp()
 
 
 class StepStatus(str, enum.Enum):

@@ -1,9 +1,9 @@
 """The live run view: stock ipywidgets only, so it renders in JupyterLab, Notebook 7 and VS Code.
 
-The only module that imports ipywidgets; the runtime imports it lazily, and only where a
-widget front end is present. The view is a listener of its ``Run``: the engine publishes
-state changes, the view redraws at most every ``min_interval`` seconds and always draws
-the final state. A failed run's red bar is never overwritten (tqdm.notebook's guard).
+The only module that imports ipywidgets, imported only where a widget front end is present
+(``_display`` decides). The view is a listener of its ``Run``: the engine publishes state
+changes, the view redraws at most every ``min_interval`` seconds and always draws the final
+state, and displays itself. A failed run's red bar is never overwritten (tqdm.notebook's guard).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import ipywidgets as widgets
 
 from nbdurable._clock import SYSTEM_CLOCK, Clock
 from nbdurable._run import Run
-from nbdurable._text import ICONS, attempt_number, seconds, step_detail
+from nbdurable._text import countdown, seconds, step_cells, step_line
 from nbdurable._types import RunStatus, StepInfo, StepStatus
 
 COLORS = {
@@ -38,9 +38,11 @@ BAR_STYLES = {
     RunStatus.CANCELLED: "warning",
     RunStatus.INTERRUPTED: "warning",
 }
-_COUNTDOWN = {StepStatus.RETRYING: "retry in", StepStatus.SLEEPING: "wakes in", StepStatus.WAITING: "times out in"}
 _DONE = (StepStatus.COMPLETED, StepStatus.REPLAYED)
 
+
+_TABLE = "border-collapse:collapse;font-family:monospace;font-size:12px"
+_CELL = "padding:0 8px 0 0;white-space:nowrap;text-align:left"
 
 MAX_ROWS = 100
 """Rows drawn at most: the latest steps, plus every earlier one that is not done."""
@@ -52,32 +54,6 @@ def visible_steps(steps: list[StepInfo]) -> list[StepInfo]:
         return steps
     cut = len(steps) - MAX_ROWS
     return [s for s in steps[:cut] if s.status not in _DONE] + steps[cut:]
-
-
-def countdown(step: StepInfo, now: float) -> str:
-    """``retry in 2.0s`` while a step waits to retry (or sleeps, or waits for an event)."""
-    label = _COUNTDOWN.get(step.status)
-    if label is None or step.deadline is None:
-        return ""
-    return f"{label} {seconds(max(0.0, step.deadline - now))}"
-
-
-def step_text(step: StepInfo, now: float) -> str:
-    """The text equivalent of a step's row (what the widget row shows)."""
-    status = "replayed" if step.replayed else step.status.value.lower()
-    parts = [f"{ICONS.get(step.status, '?')} {step.label}", status, f"{attempt_number(step)}/{step.max_attempts}"]
-    parts.append(seconds(step.duration) if step.status is not StepStatus.RUNNING else "...")
-    if step.stale:
-        parts.append("\u26a0 stale")
-    wait = countdown(step, now)
-    if wait:
-        parts.append(wait)
-    if step.note:
-        parts.append(f"({step.note})")
-    detail = step_detail(step)
-    if detail:
-        parts.append(detail)
-    return "  ".join(parts)
 
 
 class RunView:
@@ -92,8 +68,15 @@ class RunView:
         min_interval: the least time between two redraws, seconds (about 10 per second).
 
     Example:
-        >>> view = RunView(run)  # doctest: +SKIP
-        >>> view.widget  # doctest: +SKIP
+        >>> @client.create_function(fn_id="viewed")
+        ... def viewed(ctx: nbdurable.ContextSync) -> int:
+        ...     return ctx.step.run("a", lambda: 1)
+        >>> run = viewed.start()
+        >>> _ = run.wait(10)
+        >>> print(RunView(run).text())  # doctest: +ELLIPSIS
+        viewed · ... · COMPLETED · ...
+        [####################] 1/1 steps (success)
+          ✔ a  completed  1/5  ...  1
     """
 
     def __init__(self, run: Run[Any], *, clock: Clock | None = None, min_interval: float = 0.1) -> None:
@@ -198,8 +181,10 @@ class RunView:
             hidden = len(steps) - len(shown)
             parts = [self._row_html(step, now) for step in shown]
             if hidden:
-                parts.insert(0, f"<div style='color:#57606a'>\u2026 {hidden} earlier steps done</div>")
-            self.rows.value = "".join(parts)
+                parts.insert(
+                    0, f"<tr><td colspan='6' style='color:#57606a'>\u2026 {hidden} earlier steps done</td></tr>"
+                )
+            self.rows.value = f"<table style='{_TABLE}'>{''.join(parts)}</table>" if parts else ""
             self._draw_buttons(steps)
 
     def _draw_buttons(self, steps: list[StepInfo]) -> None:
@@ -212,7 +197,7 @@ class RunView:
             if key not in self._buttons:
                 button = widgets.Button(description=f"send {step.event}", button_style="primary", icon="paper-plane")
                 button.on_click(lambda _b, step=step: self.send(step))
-                if self.run._blocking:  # the kernel is busy in this very cell: a click could not arrive
+                if self.run.blocking:  # the kernel is busy in this very cell: a click could not arrive
                     button.disabled = True
                     button.tooltip = "the cell is running this: start it with fn.start(...) to send from here"
                 self._buttons[key] = button
@@ -253,11 +238,11 @@ class RunView:
         if cached is not None and cached[0] == signature and not countdown(step, now):
             return cached[1]
         color = COLORS.get(step.status, "#57606a")
-        style = "font-family:monospace;white-space:pre"
+        style = f"color:{color}"
         if step.replayed:
             style += ";opacity:0.6;font-style:italic"
-        text = html.escape(step_text(step, now))
-        row = f"<div style='{style};color:{color}'>{text}</div>"
+        cells = "".join(f"<td style='{_CELL}'>{html.escape(cell)}</td>" for cell in step_cells(step, now))
+        row = f"<tr style='{style}'>{cells}</tr>"
         self._row_cache[step.key] = (signature, row)
         return row
 
@@ -282,7 +267,7 @@ class RunView:
         hidden = len(steps) - len(self._shown)
         if hidden:
             lines.append(f"  \u2026 {hidden} earlier steps done")
-        lines += ["  " + step_text(s, now) + ("  [send]" if s.key in self._buttons else "") for s in self._shown]
+        lines += ["  " + step_line(s, now) + ("  [send]" if s.key in self._buttons else "") for s in self._shown]
         if run.error is not None:
             lines.append(f"  error: {run.error.name}: {run.error.message}")
         return "\n".join(lines)
@@ -296,7 +281,7 @@ def display_run_view(run: Run[Any], *, close_when_done: bool = False) -> RunView
         close_when_done: detach the view once the run's execution ends (views shown by a
             blocking ``run()`` cover that execution only).
     """
-    from nbdurable._magics import display
+    from IPython.display import display
 
     view = RunView(run)
     if close_when_done:
@@ -307,5 +292,5 @@ def display_run_view(run: Run[Any], *, close_when_done: bool = False) -> RunView
                 run.remove_listener(closer)
 
         run.add_listener(closer)
-    display(view.widget)
+    display(view.widget)  # type: ignore[no-untyped-call]
     return view

@@ -55,7 +55,8 @@ class RetryAfterError(NbdurableError):
         quiet: do not log the error.
 
     Example:
-        >>> raise RetryAfterError("rate limited", retry_after=5_000)  # doctest: +SKIP
+        >>> def call_api() -> None:
+        ...     raise RetryAfterError("rate limited", retry_after=5_000)  # the next attempt in 5 s
     """
 
     def __init__(

@@ -20,6 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 import nbdurable
 from nbdurable import _store
+from nbdurable._process import STATE
 from nbdurable._store import Store
 from nbdurable.testing import FakeClock, simulate_restart
 from tests.reliability import workload as w
@@ -182,6 +183,8 @@ class DurableRunMachine(RuleBasedStateMachine):
             ("handler calls", sum(self.calls.values()) - calls_before),
         ):
             fig[name] = fig.get(name, 0) + value
+        shown: list[nbdurable.Run[Any]] = []
+        STATE.run_hooks.append(shown.append)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             outcome: Any
@@ -191,6 +194,8 @@ class DurableRunMachine(RuleBasedStateMachine):
                 outcome = ("failed", exc)
             except KeyboardInterrupt:
                 outcome = ("interrupted", None)
+            finally:
+                STATE.run_hooks.remove(shown.append)
         stale_warnings = [c for c in caught if issubclass(c.category, nbdurable.StaleStepWarning)]
         assert len(stale_warnings) == warned, [str(c.message) for c in caught]
         assert not [c for c in caught if c.category is RuntimeWarning], [str(c.message) for c in caught]
@@ -208,7 +213,7 @@ class DurableRunMachine(RuleBasedStateMachine):
             assert outcome[0] == "interrupted", outcome
 
         assert self.client is not None
-        live = self.client._runs[("machine", RUN_ID)]
+        (live,) = shown
         assert live.status is self.status
         got = [(s.key, s.status, s.attempts, s.stale) for s in live.steps]
         assert got == expected_steps

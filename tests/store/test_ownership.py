@@ -11,7 +11,8 @@ import pytest
 
 import nbdurable
 from nbdurable import _lease, _records, _store
-from tests.test_interruption import _starts, _worker
+from nbdurable._process import STATE
+from tests.retries.test_interruption import _starts, _worker
 
 
 def test_three_processes_never_run_a_step_twice(tmp_path: Path) -> None:
@@ -86,7 +87,7 @@ def test_resumed_step_says_its_previous_attempt_never_finished(client: nbdurable
     def t(ctx: nbdurable.ContextSync) -> int:
         return ctx.step.run("a", lambda: count.__setitem__("a", count["a"] + 1) or 5)
 
-    run_id = t.run_id_for(t._event(None, None))
+    run_id = t.run_id_for(t.event_for(None, None))
     key = _store.run_key(client.app_id, "t", run_id)
     now = client.clock.now()
     ghost = _records.Owner(host=_lease.HOST, pid=2**22 + 7, started=1.0, token="x")
@@ -148,9 +149,14 @@ def test_a_second_run_in_the_same_process_attaches(client: nbdurable.Client, mad
         define(nbdurable.Client(client.app_id, store=client.store_path, clock=client.clock)) if made_again else first
     )
     results: list[Any] = []
-    waiter = threading.Thread(target=lambda: results.append(second.run()), daemon=True)
-    waiter.start()
-    time.sleep(0.2)  # the waiter claims the run while it is still in flight (else it would only replay)
+    attached = threading.Event()
+    STATE.run_hooks.append(lambda _run: attached.set())  # a blocking run() shows the run it waits for
+    try:
+        waiter = threading.Thread(target=lambda: results.append(second.run()), daemon=True)
+        waiter.start()
+        assert attached.wait(10)  # the waiter attached while the run is still in flight
+    finally:
+        STATE.run_hooks.pop()
     release.set()
     waiter.join(10)
     assert run.wait(10) == "done"
@@ -174,9 +180,9 @@ def test_an_execution_that_lost_its_lease_stops_and_writes_nothing(client: nbdur
         return "a"
 
     def _heartbeat_saw_it() -> bool:
-        from nbdurable._engine import HEARTBEAT
+        from nbdurable._lease import heartbeat
 
-        return any(ex.lease_lost for ex in list(HEARTBEAT._active))
+        return any(beat.__self__.lease.lost for beat in list(heartbeat()._active))
 
     @client.create_function(fn_id="t")
     def t(ctx: nbdurable.ContextSync) -> str:

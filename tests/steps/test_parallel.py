@@ -233,3 +233,52 @@ async def test_a_failing_async_member_stops_its_siblings(client) -> None:
     run = client.get_run(client.runs("g")[0].id)
     assert run.status is nbdurable.RunStatus.FAILED
     assert "b" not in {s.key for s in run.steps if s.status is nbdurable.StepStatus.COMPLETED}
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_member_keys_follow_the_program_not_the_clock(client, is_async: bool) -> None:
+    """A first member that works a long while before its first step still gets the first key; replays never swap.
+
+    Member 0 only reaches its step after member 1 has started its own pre-step work, so a key
+    handed out by timing would go to member 1 first.
+    """
+    second_started = threading.Event()
+    calls: list[str] = []
+
+    def step_value(name: str):
+        return lambda: calls.append(name) or name
+
+    if is_async:
+
+        @client.create_function(fn_id="swap")
+        async def swap(ctx):
+            async def first():
+                await asyncio.to_thread(second_started.wait, 10)
+                return await ctx.step.run("item", step_value("first"))
+
+            async def second():
+                second_started.set()
+                return await ctx.step.run("item", step_value("second"))
+
+            return await ctx.group.parallel([first, second])
+
+    else:
+
+        @client.create_function(fn_id="swap")
+        def swap(ctx):
+            def first():
+                assert second_started.wait(10)
+                return ctx.step.run("item", step_value("first"))
+
+            def second():
+                second_started.set()
+                return ctx.step.run("item", step_value("second"))
+
+            return ctx.group.parallel([first, second])
+
+    assert list(swap.run()) == ["first", "second"]
+    second_started.clear()
+    assert list(swap.run()) == ["first", "second"]  # replayed: each member its own value
+    assert sorted(calls) == ["first", "second"]  # each member executed once
+    labels = {s.label for s in client.get_run(client.runs("swap")[0].id).steps}  # type: ignore[union-attr]
+    assert labels == {"item", "item:1"}

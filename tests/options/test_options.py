@@ -562,3 +562,13 @@ def test_a_function_defined_again_on_a_new_client_takes_over_its_schedule(client
     time.sleep(0.3)  # room for the old scheduler to fire, if it still did
     assert fired == ["v1"]
     again.stop_cron()
+
+
+def test_misspelled_client_options_are_refused_with_the_closest_name(tmp_path) -> None:
+    """Client(stroe=...) or serialiser= is a TypeError naming the valid option; known Inngest options pass."""
+    with pytest.raises(TypeError, match=r"'stroe'.*did you mean store="):
+        nbdurable.Client(app_id="a", stroe=str(tmp_path))
+    with pytest.raises(TypeError, match=r"'serialiser'.*did you mean serializer="):
+        nbdurable.Client(app_id="a", store=str(tmp_path), serialiser="pickle")
+    client = nbdurable.Client(app_id="a", store=str(tmp_path), signing_key="k", is_production=False, logger=None)
+    assert client.store_path == str(tmp_path)

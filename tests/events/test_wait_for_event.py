@@ -246,7 +246,7 @@ def test_step_waiting_is_emitted_with_deadline_and_event(client) -> None:
     started = client.clock.now()
 
     async def main():
-        nbdurable._client.run_hooks.append(lambda run: run.add_listener(listener))
+        nbdurable._process.STATE.run_hooks.append(lambda run: run.add_listener(listener))
         try:
             task = asyncio.ensure_future(fn.run_async())
             while not seen:
@@ -254,7 +254,7 @@ def test_step_waiting_is_emitted_with_deadline_and_event(client) -> None:
             await client.send(nbdurable.Event("app/approved"))
             return await task
         finally:
-            nbdurable._client.run_hooks.pop()
+            nbdurable._process.STATE.run_hooks.pop()
 
     asyncio.run(main())
     assert seen[0] == ("step_waiting", "WAITING", started + 3600, "app/approved")

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 import nbdurable
+from nbdurable._process import STATE
 from tests.durable import MODES, define
 
 
@@ -28,10 +29,14 @@ def test_warn_replays_and_marks_stale(client: nbdurable.Client, mode: str) -> No
     fn = define(client, mode, lambda ctx: (yield ("calc", handler["h"])))
     assert fn.run() == 1
     handler["h"] = v2
-    with pytest.warns(nbdurable.StaleStepWarning, match=r"invalidate\(.*from_step='calc'"):
-        assert fn.run() == 1
-    run = client._runs[("f", client.runs("f")[0].id)]
-    assert run.steps[0].stale
+    shown: list[nbdurable.Run[Any]] = []
+    STATE.run_hooks.append(shown.append)
+    try:
+        with pytest.warns(nbdurable.StaleStepWarning, match=r"invalidate\(.*from_step='calc'"):
+            assert fn.run() == 1
+    finally:
+        STATE.run_hooks.remove(shown.append)
+    assert shown[0].steps[0].stale
 
 
 @pytest.mark.parametrize("mode", MODES)

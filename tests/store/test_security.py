@@ -20,7 +20,8 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 import nbdurable
-from nbdurable import _client, _lease, _records, _store, _trust
+from nbdurable import _lease, _records, _store, _trust
+from nbdurable._process import STATE
 from nbdurable.testing import FakeClock, temporary_client
 
 
@@ -58,14 +59,14 @@ def ip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveS
     monkeypatch.setenv("NBDURABLE_VIEW", "off")
     monkeypatch.chdir(tmp_path)
     shell = InteractiveShell.instance()
-    hooks = list(_client.run_hooks)
+    hooks = list(STATE.run_hooks)
     yield shell
     shell.extension_manager.unload_extension("nbdurable")
     shell.reset(new_session=False)
-    for path in list(_store._open_stores):
+    for path in list(STATE.open_stores):
         if path.startswith(str(tmp_path)):
             _store.Store.forget(path)
-    assert _client.run_hooks == hooks
+    assert STATE.run_hooks == hooks
 
 
 def test_load_ext_runs_and_get_run_never_unpickle_a_planted_run(

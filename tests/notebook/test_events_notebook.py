@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "events.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "events.ipynb"
 
 
 def _execute(store: Path) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 import nbdurable
+from nbdurable._process import STATE
 from tests.durable import MODES, Counter, define
 
 
@@ -162,7 +163,7 @@ def test_logger_is_silent_while_replaying(client: nbdurable.Client, caplog: pyte
 def test_function_decorator_sugar_uses_the_name(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """@nbdurable.function registers on the default client with fn_id = __name__."""
     monkeypatch.setenv("NBDURABLE_STORE", str(tmp_path / "default"))
-    monkeypatch.setattr(nbdurable._client, "_default_client", None)
+    monkeypatch.setattr(STATE, "default_client", None)
 
     @nbdurable.function(retries=1)
     def quick(ctx: nbdurable.ContextSync) -> int:
@@ -173,3 +174,31 @@ def test_function_decorator_sugar_uses_the_name(tmp_path: Any, monkeypatch: pyte
     assert quick.run() == 1
     assert nbdurable.default_client().functions["quick"] is quick
     nbdurable._store.Store.forget(tmp_path / "default")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_running_a_run_from_inside_its_own_step_is_refused_at_once(client, mode: str) -> None:
+    """fn.run() of the very run in flight, called in one of its steps, fails at once instead of waiting forever."""
+    calls = []
+
+    if mode == "sync":
+
+        @client.create_function(fn_id="selfish", retries=3)
+        def selfish(ctx: nbdurable.ContextSync) -> Any:
+            return ctx.step.run("again", lambda: calls.append(1) or selfish.run(run_id=ctx.run_id))
+
+    else:
+
+        @client.create_function(fn_id="selfish", retries=3)
+        async def selfish(ctx: nbdurable.Context) -> Any:
+            async def again() -> Any:
+                calls.append(1)
+                return await selfish.run_async(run_id=ctx.run_id)
+
+            return await ctx.step.run("again", again)
+
+    with pytest.raises(nbdurable.RunFailedError) as info:
+        selfish.run(run_id="me")
+    assert isinstance(info.value.__cause__, nbdurable.NestedStepError)
+    assert "wait for itself" in str(info.value.__cause__)
+    assert calls == [1]  # a mistake in the code: not retried

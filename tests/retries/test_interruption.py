@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 
 import nbdurable
+from nbdurable._process import STATE
 from nbdurable.testing import FakeClock
 from tests.durable import MODES, Counter, define
+from tests.waiting import eventually
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -151,14 +153,17 @@ async def test_cancelling_run_async_of_a_sync_function_interrupts_it(client: nbd
     def bg(ctx: nbdurable.ContextSync) -> list[str]:
         return [ctx.step.run("slow", slow), ctx.step.run("next", count.returning("next", "next"))]
 
+    shown: list[nbdurable.Run[Any]] = []
+    STATE.run_hooks.append(shown.append)
     task = asyncio.ensure_future(bg.run_async())
     await asyncio.to_thread(entered.wait, 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     release.set()
-    run = client._runs[("bg", bg.run_id_for(bg._event(None, None)))]
-    await asyncio.to_thread(run._done.wait, 10)
+    STATE.run_hooks.remove(shown.append)
+    run = shown[0]
+    await asyncio.to_thread(eventually, lambda: run.done)
     assert run.status is nbdurable.RunStatus.INTERRUPTED
     assert count.calls == {"slow": 1}
     assert await bg.run_async() == ["slow", "next"]

@@ -23,6 +23,7 @@ import pytest
 
 import nbdurable
 from nbdurable import _records, _store
+from nbdurable._process import STATE
 from nbdurable._store import Store
 from nbdurable.testing import FakeClock, simulate_restart
 from tests.durable import Counter
@@ -292,7 +293,7 @@ def _tmpfs(path: Path, options: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        for opened in list(_store._open_stores):
+        for opened in list(STATE.open_stores):
             if opened.startswith(str(path)):
                 Store.forget(opened)
         subprocess.run(["umount", "-l", str(path)], check=False)

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 import nbdurable
-from nbdurable import _client
-from nbdurable._run import Run
-from nbdurable._text import TextView, show_run
+from nbdurable._display import PRESENTER
+from nbdurable._process import STATE
+from nbdurable._run import Run, RunState
+from nbdurable._text import TextView
 from nbdurable._types import ErrorInfo, RunStatus, StepInfo, StepStatus
 from nbdurable._view import MAX_ROWS, RunView
 from nbdurable.testing import FakeClock
@@ -27,7 +28,7 @@ def views(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> list[RunView]:
         if not made:
             made.append(RunView(run, clock=clock, min_interval=0))
 
-    monkeypatch.setattr(_client, "run_hooks", [hook])
+    monkeypatch.setattr(STATE, "run_hooks", [hook])
     return made
 
 
@@ -55,7 +56,7 @@ def test_completed_run_draws_green_full_bar_and_a_row_per_step(client, views) ->
     view = views[0]
     assert view.bar.bar_style == "success"
     assert (view.bar.value, view.bar.max) == (2, 2)
-    assert view.rows.value.count("<div") == 2
+    assert view.rows.value.count("<tr") == 2
     rows = view.text().splitlines()[2:]
     assert rows[0].startswith("  \u2714 extract  completed  1/4")
     assert "score  completed  2/4" in rows[1]
@@ -71,7 +72,7 @@ def test_replayed_rows_are_distinct_from_executed_ones(client, views) -> None:
     etl.run()
     view = views[0]
     assert calls == ["extract", "score"]
-    first_row = view.rows.value.split("</div>")[0]
+    first_row = view.rows.value.split("</tr>")[0]
     assert "opacity:0.6" in first_row
     assert "font-style:italic" in first_row
     assert "\u21bb extract  replayed" in view.text()
@@ -79,14 +80,15 @@ def test_replayed_rows_are_distinct_from_executed_ones(client, views) -> None:
 
 def test_countdown_while_a_step_waits_to_retry(clock) -> None:
     """A RETRYING step with a deadline shows the time left, and the countdown moves with the clock."""
-    run: Run[Any] = Run("etl", "r1", nbdurable.Event("x"))
+    state: RunState[Any] = RunState(None, "etl", "r1", nbdurable.Event("x"))
+    run = state.handle
     view = RunView(run, clock=clock, min_interval=0.1)
-    run.status = RunStatus.RUNNING
+    state.status = RunStatus.RUNNING
     step = StepInfo(key="score", step_id="score", status=StepStatus.RETRYING, attempts=1, max_attempts=3)
     step.error = ErrorInfo("ConnectionError", "the API timed out")
     step.deadline = clock.now() + 4
-    run.steps.append(step)
-    run.emit("step_retrying", step)
+    state.steps.append(step)
+    state.emit("step_retrying", step)
     assert "retry in 4.0s" in view.text()
     assert "ConnectionError: the API timed out" in view.text()
     clock.advance(1.5)
@@ -103,41 +105,42 @@ def test_failed_run_keeps_its_red_bar(client, views) -> None:
     assert view.bar.bar_style == "danger"
     assert "\u2718 score  failed  2/2" in view.text()
     assert "ConnectionError" in view.header.value
-    run = view.run
-    run.status = RunStatus.COMPLETED
-    run.emit("run_finished")
+    with pytest.raises(nbdurable.RunFailedError):
+        etl.run()  # a later execution, drawn into the same view
     assert view.bar.bar_style == "danger"
 
 
 def test_stale_step_is_marked(clock) -> None:
     """A replayed step whose code changed is marked stale in its row."""
-    run: Run[Any] = Run("etl", "r1", nbdurable.Event("x"))
+    state: RunState[Any] = RunState(None, "etl", "r1", nbdurable.Event("x"))
+    run = state.handle
     view = RunView(run, clock=clock, min_interval=0)
     step = StepInfo(key="a", step_id="a", status=StepStatus.REPLAYED, attempts=1, stale=True, has_output=True, output=1)
-    run.steps.append(step)
-    run.emit("step_replayed", step)
+    state.steps.append(step)
+    state.emit("step_replayed", step)
     assert "\u26a0 stale" in view.rows.value
 
 
 def test_redraws_are_throttled_and_the_final_state_is_always_drawn(clock) -> None:
     """Many events within min_interval draw once; run_finished draws at once whatever the throttle says."""
-    run: Run[Any] = Run("etl", "r1", nbdurable.Event("x"))
+    state: RunState[Any] = RunState(None, "etl", "r1", nbdurable.Event("x"))
+    run = state.handle
     view = RunView(run, clock=clock, min_interval=0.1)
     first = view.draws
-    run.status = RunStatus.RUNNING
+    state.status = RunStatus.RUNNING
     for i in range(50):
         step = StepInfo(key=f"s{i}", step_id=f"s{i}", status=StepStatus.COMPLETED, attempts=1)
-        run.steps.append(step)
-        run.emit("step_completed", step)
+        state.steps.append(step)
+        state.emit("step_completed", step)
         clock.advance(0.001)
     assert view.draws == first  # 50 ms after the initial draw: nothing redrawn yet
     assert view.rows.value == ""
     clock.advance(0.1)
     view.flush()
     assert view.draws == first + 1
-    assert view.rows.value.count("<div") == 50
-    run.status = RunStatus.COMPLETED
-    run.emit("run_finished")
+    assert view.rows.value.count("<tr") == 50
+    state.status = RunStatus.COMPLETED
+    state.emit("run_finished")
     assert view.draws == first + 2
     assert view.bar.bar_style == "success"
 
@@ -151,13 +154,14 @@ def test_waiting_step_has_a_send_button_that_sends_the_awaited_event(clock) -> N
             sent.append(events)
             return ["id1"]
 
-    run: Run[Any] = Run("approve", "r1", nbdurable.Event("app/start", {"order": 7}))
-    run.client = Sender()
+    state: RunState[Any] = RunState(None, "approve", "r1", nbdurable.Event("app/start", {"order": 7}))
+    run = state.handle
+    state.client = Sender()
     view = RunView(run, clock=clock, min_interval=0)
     step = StepInfo(key="wait", step_id="wait", kind="wait", status=StepStatus.WAITING, event="app/approved")
     step.deadline = clock.now() + 60
-    run.steps.append(step)
-    run.emit("step_waiting", step)
+    state.steps.append(step)
+    state.emit("step_waiting", step)
     assert len(view.buttons.children) == 1
     button = view.buttons.children[0]
     assert button.description == "send app/approved"
@@ -165,35 +169,37 @@ def test_waiting_step_has_a_send_button_that_sends_the_awaited_event(clock) -> N
     button.click()
     assert [(e.name, e.data) for e in sent] == [("app/approved", {"order": 7})]
     step.status = StepStatus.COMPLETED
-    run.emit("step_completed", step)
+    state.emit("step_completed", step)
     assert view.buttons.children == ()
 
 
 def test_long_runs_draw_the_latest_rows_and_every_unfinished_one(clock) -> None:
     """Past MAX_ROWS steps, the view draws the latest ones, earlier unfinished ones, and a count of the rest."""
-    run: Run[Any] = Run("etl", "r1", nbdurable.Event("x"))
+    state: RunState[Any] = RunState(None, "etl", "r1", nbdurable.Event("x"))
+    run = state.handle
     view = RunView(run, clock=clock, min_interval=0)
-    run.steps.append(StepInfo(key="early-failure", step_id="early-failure", status=StepStatus.FAILED, attempts=1))
+    state.steps.append(StepInfo(key="early-failure", step_id="early-failure", status=StepStatus.FAILED, attempts=1))
     for i in range(MAX_ROWS + 10):
-        run.steps.append(StepInfo(key=f"s{i}", step_id=f"s{i}", status=StepStatus.COMPLETED, attempts=1))
-    run.emit("step_completed", run.steps[-1])
+        state.steps.append(StepInfo(key=f"s{i}", step_id=f"s{i}", status=StepStatus.COMPLETED, attempts=1))
+    state.emit("step_completed", state.steps[-1])
     text = view.text().splitlines()
     assert text[2] == "  \u2026 10 earlier steps done"
     assert text[3].startswith("  \u2718 early-failure  failed")
     assert text[4].startswith("  \u2714 s10  completed")
     assert len(text) == 4 + MAX_ROWS
-    assert view.rows.value.count("<div") == MAX_ROWS + 2
+    assert view.rows.value.count("<tr") == MAX_ROWS + 2
 
 
 def test_close_detaches_the_view(clock) -> None:
     """After close() the run's events no longer redraw the view."""
-    run: Run[Any] = Run("etl", "r1", nbdurable.Event("x"))
+    state: RunState[Any] = RunState(None, "etl", "r1", nbdurable.Event("x"))
+    run = state.handle
     view = RunView(run, clock=clock, min_interval=0)
     view.close()
     before = view.draws
-    run.emit("run_finished")
+    state.emit("run_finished")
     assert view.draws == before
-    assert run._listeners == []
+    assert state.listeners == []
 
 
 def test_text_view_prints_a_line_per_step_change_and_a_summary(client, capsys) -> None:
@@ -202,12 +208,12 @@ def test_text_view_prints_a_line_per_step_change_and_a_summary(client, capsys) -
     etl.run()
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("[etl] \u25b6 extract")
-    assert any("\u27f3 score" in line and "RETRYING" in line and "ConnectionError" in line for line in err)
+    assert any("\u27f3 score" in line and "retrying" in line and "ConnectionError" in line for line in err)
     assert err[-1].startswith("[etl] etl / ")
     assert "COMPLETED" in err[-1]
-    assert sum("RUNNING" in line for line in err) == 3  # extract, score, score again
+    assert sum("  running  " in line for line in err) == 3  # extract, score, score again
     assert etl.run() == 9
-    assert all("REPLAYED" in line for line in capsys.readouterr().err.splitlines()[:2])
+    assert all("replayed" in line for line in capsys.readouterr().err.splitlines()[:2])
 
 
 def test_view_off_silences_run_output(client, capsys, monkeypatch) -> None:
@@ -221,18 +227,20 @@ def test_view_off_silences_run_output(client, capsys, monkeypatch) -> None:
 def test_text_view_follows_one_execution(clock) -> None:
     """A text view detaches when its execution ends, so a later execution is not printed twice."""
     lines: list[str] = []
-    run: Run[Any] = Run("etl", "r1", nbdurable.Event("x"))
+    state: RunState[Any] = RunState(None, "etl", "r1", nbdurable.Event("x"))
+    run = state.handle
     TextView(run, write=lines.append)
-    run.emit("run_finished")
-    run.emit("run_finished")
+    state.emit("run_finished")
+    state.emit("run_finished")
     assert len(lines) == 1
 
 
 def test_show_run_outside_a_kernel_builds_no_widget(clock) -> None:
     """show_run in a plain process attaches a text view, not a RunView."""
-    run: Run[Any] = Run("etl", "r1", nbdurable.Event("x"))
-    show_run(run)
-    assert [type(getattr(fn, "__self__", None)).__name__ for fn in run._listeners] == ["TextView"]
+    state: RunState[Any] = RunState(None, "etl", "r1", nbdurable.Event("x"))
+    run = state.handle
+    PRESENTER.show(run)
+    assert [type(getattr(fn, "__self__", None)).__name__ for fn in state.listeners] == ["TextView"]
 
 
 def test_run_displays_as_text_outside_a_notebook(client) -> None:
@@ -266,7 +274,7 @@ def test_scripts_never_import_ipython_or_ipywidgets(tmp_path) -> None:
 def test_rerun_after_a_failure_draws_a_fresh_view(client, clock, monkeypatch) -> None:
     """Re-running a failed run (the cell re-run after a fix) gets a view that starts clean and ends green."""
     made: list[RunView] = []
-    monkeypatch.setattr(_client, "run_hooks", [lambda run: made.append(RunView(run, clock=clock, min_interval=0))])
+    monkeypatch.setattr(STATE, "run_hooks", [lambda run: made.append(RunView(run, clock=clock, min_interval=0))])
     etl, _ = _flaky_etl(client, failures=1, retries=0)
     with pytest.raises(nbdurable.RunFailedError):
         etl.run()
@@ -281,7 +289,7 @@ def test_send_button_is_disabled_while_a_cell_blocks_on_the_run(client, clock, m
     from tests.waiting import waiting_step
 
     made: list[RunView] = []
-    monkeypatch.setattr(_client, "run_hooks", [lambda run: made.append(RunView(run, clock=clock, min_interval=0))])
+    monkeypatch.setattr(STATE, "run_hooks", [lambda run: made.append(RunView(run, clock=clock, min_interval=0))])
 
     @client.create_function(fn_id="approve")
     def approve(ctx: nbdurable.ContextSync) -> Any:

@@ -75,13 +75,13 @@ def test_sleep_step_is_stored_with_kind_and_view_info(client, clock: FakeClock, 
         if step is not None and step.key == "nap":
             seen.append((kind, step.status.value, step.deadline))
 
-    nbdurable._client.run_hooks.append(lambda run: run.add_listener(listener))
+    nbdurable._process.STATE.run_hooks.append(lambda run: run.add_listener(listener))
     try:
         fn = _sleepy(client, is_async, [])
         start = clock.now()
         fn.run()
     finally:
-        nbdurable._client.run_hooks.pop()
+        nbdurable._process.STATE.run_hooks.pop()
     assert seen[0] == ("step_sleeping", "SLEEPING", start + 60.0)
     assert seen[-1][:2] == ("step_completed", "COMPLETED")
     stored = client.get_run(client.runs("sleepy")[0].id)

@@ -11,8 +11,11 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import nbdurable
-from nbdurable import _client, _store
-from nbdurable._magics import CELL_FUNCTION, NbdurableMagics, _table, assigned_names
+from nbdurable import _store
+from nbdurable._cellstep import assigned_names
+from nbdurable._commands import CELL_FUNCTION, table
+from nbdurable._magics import NbdurableMagics
+from nbdurable._process import STATE
 from nbdurable.testing import FakeClock
 
 DEFINE = """
@@ -41,14 +44,14 @@ def ip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveS
     monkeypatch.setenv("NBDURABLE_VIEW", "off")
     monkeypatch.chdir(tmp_path)
     shell = InteractiveShell.instance()
-    hooks = list(_client.run_hooks)
+    hooks = list(STATE.run_hooks)
     yield shell
     shell.extension_manager.unload_extension("nbdurable")
     shell.reset(new_session=False)
-    for path in list(_store._open_stores):
+    for path in list(STATE.open_stores):
         if path.startswith(str(tmp_path)):
             _store.Store.forget(path)
-    assert _client.run_hooks == hooks
+    assert STATE.run_hooks == hooks
 
 
 def interrupted_etl(ip: InteractiveShell, at: str) -> str:
@@ -74,7 +77,7 @@ def restart(ip: InteractiveShell, keep: tuple[str, ...] = ()) -> NbdurableMagics
     saved = {k: ip.user_ns[k] for k in keep}
     ip.reset(new_session=False)
     ip.user_ns.update(saved)
-    for path in list(_store._open_stores):
+    for path in list(STATE.open_stores):
         _store.Store.forget(path)
     return load(ip)
 
@@ -82,31 +85,31 @@ def restart(ip: InteractiveShell, keep: tuple[str, ...] = ()) -> NbdurableMagics
 # -- load / unload -------------------------------------------------------------------------
 
 
-def test_load_registers_the_magics_and_the_view_hook(ip) -> None:
-    """Loading adds %nbdurable, %%step and one run hook; unloading removes exactly those."""
-    before = list(_client.run_hooks)
+def test_load_registers_the_magics(ip) -> None:
+    """Loading adds %nbdurable and %%step (and no run hook); unloading removes exactly those."""
+    before = list(STATE.run_hooks)
     magics = load(ip)
     assert ip.magics_manager.magics["line"]["nbdurable"].__self__ is magics
     assert ip.magics_manager.magics["cell"]["step"].__self__ is magics
-    assert _client.run_hooks == [*before, magics.hook]
+    assert STATE.run_hooks == before
     ip.run_line_magic("unload_ext", "nbdurable")
     assert "nbdurable" not in ip.magics_manager.magics["line"]
     assert "step" not in ip.magics_manager.magics["cell"]
     assert "NbdurableMagics" not in ip.magics_manager.registry
-    assert _client.run_hooks == before
+    assert STATE.run_hooks == before
 
 
 def test_reload_leaves_one_copy_of_every_hook(ip) -> None:
-    """%reload_ext twice still leaves one magics object, one hook and working magics."""
-    before = len(_client.run_hooks)
+    """%reload_ext twice still leaves one magics object and working magics."""
     load(ip)
     ip.run_line_magic("reload_ext", "nbdurable")
     ip.run_line_magic("reload_ext", "nbdurable")
     magics = ip.magics_manager.registry["NbdurableMagics"]
-    assert len(_client.run_hooks) == before + 1
     assert ip.magics_manager.magics["line"]["nbdurable"].__self__ is magics
     nbdurable.load_ipython_extension(ip)  # loading twice directly behaves the same
-    assert len(_client.run_hooks) == before + 1
+    again = ip.magics_manager.registry["NbdurableMagics"]
+    assert ip.magics_manager.magics["line"]["nbdurable"].__self__ is again
+    assert ip.magics_manager.magics["cell"]["step"].__self__ is again
 
 
 def test_import_nbdurable_exposes_lazy_hooks() -> None:
@@ -155,12 +158,12 @@ def test_runs_lists_runs_as_a_table(ip, capsys) -> None:
 
 def test_tables_render_as_html_for_notebooks() -> None:
     """The bundle behind every table carries HTML (notebooks) and aligned text (terminals)."""
-    bundle = _table(["a", "b"], [["1", "<x>"]])
+    bundle = table(["a", "b"], [["1", "<x>"]])
     assert bundle["text/html"] == (
         "<table><thead><tr><th style='text-align:left'>a</th><th style='text-align:left'>b</th></tr></thead>"
         "<tr><td style='text-align:left'>1</td><td style='text-align:left'>&lt;x&gt;</td></tr></table>"
     )
-    assert bundle["text/plain"] == "a  b  \n1  <x>"
+    assert bundle["text/plain"] == "a  b\n1  <x>"
 
 
 def test_show_prints_a_run_and_its_steps(ip, capsys) -> None:
@@ -173,10 +176,10 @@ def test_show_prints_a_run_and_its_steps(ip, capsys) -> None:
     ip.run_line_magic("nbdurable", f"show {run_id[:6]}")
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"etl / {run_id}: COMPLETED")
-    assert [line.split()[:3] for line in out[2:]] == [
-        ["a", "COMPLETED", "1"],
-        ["b", "COMPLETED", "1"],
-        ["c", "COMPLETED", "1"],
+    assert [line.split()[:4] for line in out[2:]] == [
+        ["\u2714", "a", "completed", "1/1"],
+        ["\u2714", "b", "completed", "1/1"],
+        ["\u2714", "c", "completed", "1/1"],
     ]
     with pytest.raises(UsageError, match="no run 'zzz'"):
         ip.run_line_magic("nbdurable", "show zzz")
@@ -238,7 +241,7 @@ def test_store_shows_and_switches_the_store(ip, capsys, tmp_path, monkeypatch) -
     assert capsys.readouterr().out == f"store: {tmp_path / 'store'} (0 runs)\n"
     ip.run_line_magic("nbdurable", f"store {tmp_path / 'other'}")
     assert nbdurable.Client("x").store_path == str(tmp_path / "other")
-    assert magics.cell_client().store_path == str(tmp_path / "other")
+    assert magics.cells.client(magics.commands.store_path).store_path == str(tmp_path / "other")
     monkeypatch.setenv("NBDURABLE_STORE", str(tmp_path / "store"))  # restored for the teardown
 
 
@@ -358,8 +361,8 @@ def test_refresh_executes_a_cell_step_again(ip) -> None:
 def test_cell_step_retries_with_backoff(ip, capsys) -> None:
     """--retries N: a failing cell is executed again after a backoff delay, and says so."""
     magics = load(ip)
-    magics.clock = clock = FakeClock()
-    magics.backoff = nbdurable.Backoff(initial=1, factor=2, jitter=0)
+    magics.cells.clock = clock = FakeClock()
+    magics.cells.backoff = nbdurable.Backoff(initial=1, factor=2, jitter=0)
     ip.user_ns["hits"] = []
     cell = "hits.append(1)\nif len(hits) < 3:\n    raise ConnectionError('flaky')\nz = len(hits)"
     ip.run_cell_magic("step", "flaky --retries 2", cell)
@@ -387,7 +390,7 @@ def test_unpicklable_name_is_a_clear_error_and_nothing_is_stored(ip) -> None:
     with pytest.raises(TypeError, match=r"variable 'lock' of type _thread.lock cannot be pickled.*Fix: `del lock`"):
         ip.run_cell_magic("step", "locky --retries 3", cell)
     assert ip.user_ns["hits"] == [1]  # not retried: retrying cannot make it picklable
-    client = magics.cell_client()
+    client = magics.cells.client(magics.commands.store_path)
     got = client.store.get_step(_store.step_prefix(client.app_id, CELL_FUNCTION, "locky") + "cell")
     assert got[0].status == "FAILED"
     assert got[1] == b""

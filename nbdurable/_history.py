@@ -1,0 +1,157 @@
+"""Reading runs back from the store: listing, one run with its steps and output, clearing, invalidating."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from nbdurable import _keys, _lease, _store
+from nbdurable._process import STATE
+from nbdurable._records import RunRecord, StepRecord
+from nbdurable._run import Run, loaded_state
+from nbdurable._serde import PICKLE, codec_for
+from nbdurable._types import CORRUPT, MISSING, NO_OUTPUT, NO_TYPE, ErrorInfo, RunStatus, StepInfo, StepStatus
+
+if TYPE_CHECKING:
+    from nbdurable._client import Client
+
+
+def load(client: Client, rec: RunRecord, *, with_steps: bool = True) -> Run[Any]:
+    """The run of a record: the live one if an execution of it is in flight here, else a snapshot.
+
+    A snapshot's output is read from the store when first asked for.
+    """
+    with STATE.lock:
+        live = STATE.in_flight.get((*client.where, rec.function_id, rec.run_id))
+    if live is not None and not live.finished.is_set():
+        return live.handle
+    status = _lease.effective_status(rec, client.clock.now())
+    loader = None
+    if status is RunStatus.COMPLETED and rec.has_output:
+
+        def loader() -> Any:
+            got = client.store.get_run(_store.run_key(client.app_id, rec.function_id, rec.run_id))
+            return NO_OUTPUT if got is MISSING or got is CORRUPT else stored_output(client, rec, got[1])
+
+    steps = stored_steps(client, rec) if with_steps else None
+    return loaded_state(client, rec, status, steps=steps, output=loader).handle
+
+
+def stored_output(client: Client, rec: RunRecord, payload: bytes) -> Any:
+    """A completed run's stored output, rebuilt as its function (if defined here) would, or NO_OUTPUT.
+
+    A pickled output is loaded only by a client or function that chose pickle, from a store
+    this user created.
+    """
+    fn = client.functions.get(rec.function_id)
+    serializer = (fn.serializer if fn is not None else None) or client.serializer
+    if rec.serializer == "pickle" and (serializer != "pickle" or not client.store.trusted):
+        if serializer == "pickle":
+            client.store.warn_untrusted()
+        return NO_OUTPUT
+    output_type = fn.output_type if fn is not None and fn.output_type is not None else NO_TYPE
+    codec = PICKLE if rec.serializer == "pickle" else codec_for("json", output_type)
+    try:
+        return codec.loads(payload)
+    except Exception:  # noqa: BLE001 - an unreadable output is shown as absent, never a crash
+        return NO_OUTPUT
+
+
+def step_order(client: Client, rec: RunRecord) -> list[tuple[str, StepRecord]]:
+    """A run's stored steps in execution order.
+
+    First the latest execution's list, then any others (stored by an execution that never
+    reached its end, e.g. a killed kernel) by start time.
+    """
+    prefix = _store.step_prefix(client.app_id, rec.function_id, rec.run_id)
+    found: dict[str, StepRecord] = {}
+    for full, raw in client.store.scan(prefix).items():
+        got = client.store.decode_step(full, raw)
+        if got is not MISSING and got is not CORRUPT:
+            found[full[len(prefix) :]] = got[0]
+    listed = [k for k in rec.steps if k in found]
+    seen = set(listed)
+    rest = sorted((k for k in found if k not in seen), key=lambda k: found[k].started_at)
+    return [(k, found[k]) for k in listed + rest]
+
+
+def stored_steps(client: Client, rec: RunRecord) -> list[StepInfo]:
+    """What views show of a run's stored steps."""
+    out = []
+    for key, srec in step_order(client, rec):
+        info = StepInfo(
+            key=key,
+            step_id=_keys.step_id_of(key),
+            kind=srec.kind,
+            status=StepStatus(srec.status),
+            attempts=srec.attempts,
+            started_at=srec.started_at,
+            duration=srec.duration,
+        )
+        if srec.error is not None:
+            info.error = ErrorInfo(srec.error.name, srec.error.message, srec.error.stack)
+        if info.status in (StepStatus.SLEEPING, StepStatus.WAITING):
+            info.deadline = srec.wake_at
+        if srec.kind == "wait" and srec.meta is not None:
+            info.event = srec.meta.get("event")
+        out.append(info)
+    if rec.current_step and rec.current_step not in {s.key for s in out}:
+        out.append(StepInfo(key=rec.current_step, step_id=rec.current_step, note="in flight when its process stopped"))
+    return out
+
+
+def runs(client: Client, fn_id: str | None = None, status: RunStatus | str | None = None) -> list[Run[Any]]:
+    """Runs in the store, newest first, optionally of one function and one status."""
+    want = RunStatus(status) if status is not None else None
+    recs = sorted(client.store.runs(client.app_id, fn_id), key=lambda r: r.updated_at, reverse=True)
+    out = [load(client, r, with_steps=False) for r in recs]
+    return [r for r in out if want is None or r.status is want]
+
+
+def get_run(client: Client, run_id: str) -> Run[Any] | None:
+    """A run by id (any function), with its steps and output; ``None`` if the store has none."""
+    for rec in client.store.runs(client.app_id):
+        if rec.run_id == run_id:
+            return load(client, rec)
+    return None
+
+
+def refuse_if_live(client: Client, fn_id: str, run_id: str, doing: str) -> None:
+    """Refuse to change the stored steps of a run executing in this process."""
+    with STATE.lock:
+        state = STATE.in_flight.get((*client.where, fn_id, run_id))
+    if state is not None and not state.finished.is_set():
+        msg = f"run {run_id!r} of {fn_id!r} is executing; wait for it (or cancel it) before {doing} it"
+        raise RuntimeError(msg)
+
+
+def clear(client: Client, fn_id: str | None, run_id: str | None) -> int:
+    """Delete runs (of a function, or one) and their stored steps; how many runs were deleted."""
+    recs = [r for r in client.store.runs(client.app_id, fn_id) if run_id is None or r.run_id == run_id]
+    for rec in recs:
+        refuse_if_live(client, rec.function_id, rec.run_id, "clearing")
+    for rec in recs:
+        client.store.delete_prefix(_store.step_prefix(client.app_id, rec.function_id, rec.run_id))
+        client.store.delete(_store.run_key(client.app_id, rec.function_id, rec.run_id))
+        client.forget_run(rec.function_id, rec.run_id)
+    return len(recs)
+
+
+def invalidate(client: Client, fn_id: str, run_id: str, from_step: str | None) -> list[str]:
+    """Forget stored steps of a run (from one step on, in execution order) so they execute again."""
+    refuse_if_live(client, fn_id, run_id, "invalidating")
+    got = client.store.get_run(_store.run_key(client.app_id, fn_id, run_id))
+    if got is MISSING or got is CORRUPT:
+        msg = f"function {fn_id!r} has no stored run {run_id!r}. Fix: see {fn_id}.runs() for run ids."
+        raise KeyError(msg)
+    prefix = _store.step_prefix(client.app_id, fn_id, run_id)
+    order = [key for key, _ in step_order(client, got[0])]
+    if from_step is not None:
+        if from_step not in order:  # a step as views show it (its label), else unknown
+            from_step = next((k for k in order if _keys.label(k) == from_step), from_step)
+        if from_step not in order:
+            msg = f"run {run_id!r} of {fn_id!r} has no stored step {from_step!r}; stored steps: {order}"
+            raise KeyError(msg)
+        order = order[order.index(from_step) :]
+    for key in order:
+        client.store.delete(prefix + key)
+    return order
