@@ -64,7 +64,9 @@ def preview(value: Any, limit: int = 80) -> str:
 
 
 def _qualname(tp: type) -> str:
-    return str(getattr(tp, "__qualname__", None) or getattr(tp, "__name__", "object"))
+    """The class's qualified name, without the ``f.<locals>.`` of classes defined in functions."""
+    name = str(getattr(tp, "__qualname__", None) or getattr(tp, "__name__", "object"))
+    return name.rpartition("<locals>.")[2]
 
 
 def _class_text(value: Any) -> str:
@@ -106,6 +108,8 @@ class _Previewer:
         simple = _SIMPLE.get(tp)
         if simple is not None:
             return simple(self, value)
+        if tp in _CONTAINERS:
+            return self._container(value, depth)
         user = _user_preview(value)
         if user is not None:
             return user
@@ -128,7 +132,7 @@ class _Previewer:
             return f"{name}.{value.name}"
         for base, show in _BASES:
             if isinstance(value, base):
-                inner = show(self, value) if base not in _CONTAINERS else self._container(value, depth)
+                inner = self._container(value, depth) if show is None else show(self, value)
                 return f"{name}({inner})"
         fields = _dataclass_fields(value, tp)
         if fields is not None:
@@ -245,9 +249,6 @@ class _Previewer:
     def plain(self, value: Any) -> str:
         return repr(value)
 
-    def container(self, value: Any) -> str:
-        return self._container(value, 0)
-
     def range_(self, value: range) -> str:
         return repr(value)
 
@@ -350,25 +351,20 @@ _SIMPLE: dict[type, Callable[[_Previewer, Any], str]] = {
     pathlib.PosixPath: _Previewer.plain,
     pathlib.WindowsPath: _Previewer.plain,
     range: _Previewer.range_,
-    list: _Previewer.container,
-    tuple: _Previewer.container,
-    dict: _Previewer.container,
-    set: _Previewer.container,
-    frozenset: _Previewer.container,
 }
 _CONTAINERS: frozenset[type] = frozenset({list, tuple, dict, set, frozenset})
-_BASES: tuple[tuple[type, Callable[[_Previewer, Any], str]], ...] = (
+_BASES: tuple[tuple[type, Callable[[_Previewer, Any], str] | None], ...] = (
     (str, _Previewer.str_),
     (bytes, _Previewer.bytes_),
     (bytearray, _Previewer.bytes_),
     (bool, _Previewer.plain),
     (int, _Previewer.int_),
     (float, _Previewer.float_),
-    (dict, _Previewer.container),
-    (list, _Previewer.container),
-    (tuple, _Previewer.container),
-    (set, _Previewer.container),
-    (frozenset, _Previewer.container),
+    (dict, None),
+    (list, None),
+    (tuple, None),
+    (set, None),
+    (frozenset, None),
     (_dt.date, _Previewer.datetime_),
 )
 _DATA: dict[str, Callable[[_Previewer, Any, type, int], str | None]] = {
