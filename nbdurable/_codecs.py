@@ -211,9 +211,14 @@ def _write_arrow_table(table: Any, fileobj: BinaryIO) -> None:
 
     # Bounded record batches keep the writer's copies small whatever the table's size.
     rows = table.num_rows
-    per_batch = max(1, (_ARROW_BATCH_BYTES * rows) // max(table.nbytes, 1)) if rows else None
     with pa.ipc.new_file(fileobj, table.schema) as writer:
-        writer.write_table(table, max_chunksize=per_batch)
+        if rows:
+            writer.write_table(table, max_chunksize=max(1, (_ARROW_BATCH_BYTES * rows) // max(table.nbytes, 1)))
+            return
+        # An empty table is written as one empty batch: with none, a dictionary column (a
+        # pandas categorical) would lose its dictionary.
+        empty = [c.chunk(0) if c.num_chunks else pa.array([], type=c.type) for c in table.columns]
+        writer.write_batch(pa.RecordBatch.from_arrays(empty, schema=table.schema))
 
 
 def _read_arrow_table(path: PathLike, *, mmap: bool) -> Any:
@@ -374,9 +379,15 @@ def _to_arrow(value: Any) -> Any:
     freq = getattr(frame.index, "freqstr", None)
     if freq is not None and not isinstance(frame.index, pd.PeriodIndex):
         meta["freq"] = freq
+    # Labels and dtypes are checked on no rows first: a refusal costs nothing, and is certain.
+    _check_layout_round_trip(pa, frame.iloc[:0], meta, what)
+    return _frame_table(pa, frame, meta, what)
+
+
+def _frame_table(pa: Any, frame: Any, meta: dict[str, Any], what: str) -> Any:
     try:
         with warnings.catch_warnings():
-            # Labels of mixed types: pyarrow warns, and the check below refuses them.
+            # Labels of mixed types: pyarrow warns, and the layout check refuses them.
             warnings.simplefilter("ignore", UserWarning)
             table = pa.Table.from_pandas(frame, preserve_index=None)
     except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
@@ -391,9 +402,7 @@ def _to_arrow(value: Any) -> Any:
         raise OutputUnserializableError(msg) from None
     schema_meta = dict(table.schema.metadata or {})
     schema_meta[_META_KEY] = json.dumps(meta).encode()
-    table = table.replace_schema_metadata(schema_meta)
-    _check_labels_round_trip(frame, table, what)
-    return table
+    return table.replace_schema_metadata(schema_meta)
 
 
 def _failing_column(pa: Any, frame: Any) -> tuple[Any, Any] | None:
@@ -446,17 +455,17 @@ def _missing_kind(value: Any) -> str:
     return {"NAType": "na", "NaTType": "nat"}.get(name, "other")
 
 
-def _check_labels_round_trip(frame: Any, table: Any, what: str) -> None:
-    """Refuse a frame whose labels, index or dtypes would not come back the same (checked on no rows)."""
-    empty = table.slice(0, 0)
+def _check_layout_round_trip(pa: Any, empty: Any, meta: dict[str, Any], what: str) -> None:
+    """Refuse a frame whose labels, index or dtypes would not come back the same."""
+    table = _frame_table(pa, empty, meta, what)
     try:
-        back = _from_arrow(empty)
+        back = _from_arrow(table)
     except Exception as exc:  # noqa: BLE001 - any failure to rebuild means the frame is not stored
         msg = f"a {what} could not be rebuilt from Arrow format ({_one_line(exc)}). {_PICKLE_FIX}"
         raise OutputUnserializableError(msg) from None
     if what == "Series":
-        back = back.to_frame() if back.name is not None else back.to_frame(name=frame.columns[0])
-    problem = _frame_layout_difference(frame, back)
+        back = back.to_frame() if back.name is not None else back.to_frame(name=empty.columns[0])
+    problem = _frame_layout_difference(empty, back)
     if problem:
         msg = f"a {what} cannot be stored exactly in Arrow format: {problem}. {_PICKLE_FIX}"
         raise OutputUnserializableError(msg)
