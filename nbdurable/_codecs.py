@@ -29,6 +29,7 @@ __all__ = ["DataCodec", "codec_for", "register_codec", "registry"]
 _PICKLE_FIX = 'Fix: use serializer="pickle" on the client or function.'
 _ARROW_BATCH_BYTES = 64 * 1024 * 1024  # record batches of about this size bound the writer's extra memory
 _META_KEY = b"nbdurable"
+_SMALL_FRAME_CELLS = 4_000_000
 
 PathLike = str | os.PathLike[str]
 
@@ -380,8 +381,41 @@ def _to_arrow(value: Any) -> Any:
     if freq is not None and not isinstance(frame.index, pd.PeriodIndex):
         meta["freq"] = freq
     # Labels and dtypes are checked on no rows first: a refusal costs nothing, and is certain.
-    _check_layout_round_trip(pa, frame.iloc[:0], meta, what)
+    # A layout that passed once passes again: frames of one schema are checked once.
+    layout = _layout_key(frame, meta, what)
+    if layout is None or layout not in _layouts_passed:
+        _check_layout_round_trip(pa, frame.iloc[:0], meta, what)
+        if layout is not None:
+            if len(_layouts_passed) >= _MAX_LAYOUTS:
+                _layouts_passed.clear()
+            _layouts_passed.add(layout)
     return _frame_table(pa, frame, meta, what)
+
+
+_MAX_LAYOUTS = 256
+_layouts_passed: set[tuple[Any, ...]] = set()  # a cache of verdicts, not state: clearing it costs a check
+
+
+def _layout_key(frame: Any, meta: dict[str, Any], what: str) -> tuple[Any, ...] | None:
+    """What decides whether a frame's labels and dtypes round-trip (None if it cannot be a key)."""
+    index, columns = frame.index, frame.columns
+    try:
+        key = (
+            what,
+            json.dumps(meta, sort_keys=True),
+            tuple(columns),
+            tuple(map(type, columns)),
+            tuple(columns.names),
+            str(columns.dtype),
+            tuple(frame.dtypes),
+            type(index),
+            tuple(index.names),
+            tuple(getattr(index, "dtypes", [index.dtype])),
+        )
+        hash(key)
+    except TypeError:  # an unhashable label or dtype: checked every time
+        return None
+    return key
 
 
 def _frame_table(pa: Any, frame: Any, meta: dict[str, Any], what: str) -> Any:
@@ -389,7 +423,10 @@ def _frame_table(pa: Any, frame: Any, meta: dict[str, Any], what: str) -> Any:
         with warnings.catch_warnings():
             # Labels of mixed types: pyarrow warns, and the layout check refuses them.
             warnings.simplefilter("ignore", UserWarning)
-            table = pa.Table.from_pandas(frame, preserve_index=None)
+            # pyarrow converts columns on a new thread pool per call: for small frames starting
+            # the threads costs more than converting.
+            small = frame.shape[0] * max(frame.shape[1], 1) < _SMALL_FRAME_CELLS
+            table = pa.Table.from_pandas(frame, preserve_index=None, nthreads=1 if small else None)
     except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
         msg = f"a {what} cannot be stored in Arrow format ({_one_line(exc)}). {_PICKLE_FIX}"
         culprit = _failing_column(pa, frame)
