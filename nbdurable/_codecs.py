@@ -27,7 +27,6 @@ from nbdurable.errors import OutputUnserializableError
 __all__ = ["DataCodec", "codec_for", "register_codec", "registry"]
 
 _PICKLE_FIX = 'Fix: use serializer="pickle" on the client or function.'
-_ARROW_BATCH_BYTES = 64 * 1024 * 1024  # record batches of about this size bound the writer's extra memory
 _META_KEY = b"nbdurable"
 _SMALL_FRAME_CELLS = 4_000_000
 
@@ -210,11 +209,11 @@ class NumpyCodec(DataCodec):
 def _write_arrow_table(table: Any, fileobj: BinaryIO) -> None:
     pa = _library("pyarrow")
 
-    # Bounded record batches keep the writer's copies small whatever the table's size.
-    rows = table.num_rows
+    # pyarrow hands each buffer to the Python file as a zero-copy view: writing the table
+    # whole takes no extra memory, and keeps one chunk per column for zero-copy reads.
     with pa.ipc.new_file(fileobj, table.schema) as writer:
-        if rows:
-            writer.write_table(table, max_chunksize=max(1, (_ARROW_BATCH_BYTES * rows) // max(table.nbytes, 1)))
+        if table.num_rows:
+            writer.write_table(table)
             return
         # An empty table is written as one empty batch: with none, a dictionary column (a
         # pandas categorical) would lose its dictionary.
@@ -533,6 +532,12 @@ def _from_arrow(table: Any) -> Any:
     raw = (table.schema.metadata or {}).get(_META_KEY)
     meta: dict[str, Any] = json.loads(raw) if raw else {}
     frame = table.to_pandas()
+    for i, dtype in enumerate(frame.dtypes):
+        # pyarrow hands categorical codes over zero-copy, as read-only arrays (in the file's
+        # map, if mapped): a frame read back must take assignments like the one stored.
+        if isinstance(dtype, pd.CategoricalDtype):
+            codes = np.array(frame.iloc[:, i].array.codes)
+            frame.isetitem(i, pd.Categorical.from_codes(codes, dtype=dtype))
     sentinels: dict[str, Any] = {"none": None, "nan": float("nan"), "na": pd.NA, "nat": pd.NaT}
     for key, kind in meta.get("objects", {}).items():
         i = int(key)
