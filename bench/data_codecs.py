@@ -8,9 +8,10 @@ peak extra memory while writing a value of the largest size (each in a fresh sub
 content fingerprint's throughput, and the time of a preview of large values.
 
 Figures are medians over repeats (fewer for 1 GB values), with the range. Files go to
-``bench/out`` next to the repository, on the disk a user's store would use; the page cache
-is warm for every reader alike (each file was just written). Other work on the machine
-scatters figures: re-run a suspicious one.
+``bench/out`` next to the repository, on the disk a user's store would use. Each timed write
+starts after an untimed ``os.sync``, so it is billed for its own writing into the page cache,
+not for flushing the previous one; the page cache is warm for every reader alike (each file
+was just written). Other work on the machine scatters figures: re-run a suspicious one.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def repeats_for(nbytes: int, tiny: bool) -> int:
     if tiny:
         return 2
     if nbytes >= 500_000_000:
-        return 3
+        return 5
     if nbytes >= 5_000_000:
         return 9
     return 31
@@ -124,15 +125,20 @@ def codec_rows(kind: str, label: str, nbytes: int, workdir: str, tiny: bool) -> 
         with open(pickle_path, "wb") as f:
             f.write(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
 
-    # Writes alternate, so that a slow moment of the disk falls on every method alike.
+    # Writes alternate, so that a slow moment of the disk falls on every method alike, and
+    # each starts with no dirty pages left by the last (os.sync, untimed): otherwise a 1 GB
+    # write is billed for the writeback of the one before it.
     codec_times, pickle_times, npy_times = [], [], []
     for _ in range(n):
         drop(path)
+        os.sync()
         codec_times.append(timed(write_codec))
         drop(pickle_path)
+        os.sync()
         pickle_times.append(timed(write_pickle))
         if kind == "array":
             drop(npy_path)
+            os.sync()
             npy_times.append(timed(np.save, npy_path, value))
     figures["write: codec"] = Figure(codec_times)
     figures["write: pickle.dumps + file write"] = Figure(pickle_times)

@@ -71,6 +71,8 @@ def content_digest(value: Any) -> str | None:
         _Walker(hasher).feed(value)
     except (_CannotHashError, RecursionError):
         return None
+    except Exception:  # noqa: BLE001 - a user digest hook or an exotic data type failed: no fingerprint
+        return None
     return str(hasher.hexdigest())
 
 
@@ -376,6 +378,15 @@ class _Walker:
                     self.tag(b"b", _pack_len(buffer.size))
                     self.update(memoryview(buffer))
 
+    def polars_hashes(self, pl: Any, value: Any) -> None:
+        """Without pyarrow: polars' own seeded hashes of each column (stable for one polars version)."""
+        self.tag(b"LH", str(pl.__version__).encode())
+        columns = value.get_columns() if isinstance(value, pl.DataFrame) else [value]
+        for column in columns:
+            self.feed(column.name)
+            self.tag(b"n", _pack_len(len(column)) + _pack_len(column.null_count()))
+            self.update(column.hash(seed=0).to_numpy())
+
     def polars_(self, value: Any, tp: type) -> bool:
         pl = sys.modules.get("polars")
         pa = sys.modules.get("pyarrow")
@@ -386,6 +397,9 @@ class _Walker:
             self.tag(b"r", repr(value.schema if isinstance(value, pl.DataFrame) else value.dtype).encode())
             if isinstance(value, pl.Series):
                 self.feed(value.name)
+            if pa is None and not _importable("pyarrow"):
+                self.polars_hashes(pl, value)
+                return True
             newest = pl.CompatLevel.newest() if hasattr(pl, "CompatLevel") else None
             arrow = value.to_arrow(compat_level=newest) if newest is not None else value.to_arrow()
             if pa is None:
@@ -398,6 +412,12 @@ class _Walker:
         if isinstance(value, pl.LazyFrame):  # its content is a query: no stable content here
             raise _CannotHashError
         return False
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
 
 
 def _dtype_text(dtype: Any) -> bytes:

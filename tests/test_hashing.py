@@ -365,3 +365,29 @@ def test_polars_frames_digest_by_content():
     assert content_digest(frame) != content_digest(pl.DataFrame({"a": [1, 2, None], "s": ["x", "y", "w"]}))
     assert content_digest(frame) != content_digest(frame.with_columns(pl.col("a").cast(pl.Int32)))
     assert content_digest(frame.lazy()) is None
+
+
+def test_polars_frames_digest_without_pyarrow(monkeypatch):
+    """Where pyarrow is not installed, polars frames digest by polars' own column hashes."""
+    pl = pytest.importorskip("polars")
+    from nbdurable import _hashing
+
+    monkeypatch.delitem(sys.modules, "pyarrow", raising=False)
+    monkeypatch.setattr(_hashing, "_importable", lambda name: False)
+    frame = pl.DataFrame({"a": [1, 2, None], "s": ["x", "y", "z"]})
+    assert content_digest(frame) == content_digest(pl.DataFrame({"a": [1, 2, None], "s": ["x", "y", "z"]}))
+    assert content_digest(frame) != content_digest(pl.DataFrame({"a": [1, 2, None], "s": ["x", "y", "w"]}))
+    assert "pyarrow" not in sys.modules
+
+
+def test_a_failing_user_digest_gives_no_digest():
+    """A registered digest hook that raises means no fingerprint, never an error."""
+
+    class Opaque:
+        pass
+
+    def digest(value: Any) -> bytes:
+        raise RuntimeError("no")
+
+    register_codec(Opaque, name="opaque", suffix=".o", write=lambda v, f: None, read=lambda p: None, digest=digest)
+    assert content_digest(Opaque()) is None
