@@ -474,7 +474,7 @@ class _Digested:
     """Stands in a pickle for a value hashed on its own (never unpickled)."""
 
 
-class _DigestPickler(pickle._Pickler):
+class _DigestPickler(pickle._Pickler):  # noqa: SLF001 - the pure-Python pickler (see below)
     """A pickler whose output is stable for equal content: sets sorted, data values digested.
 
     It is the pure-Python pickler, because only that one shows sets to ``reducer_override``.

@@ -14,7 +14,19 @@ PACKAGE = Path(__file__).resolve().parents[2] / "nbdurable"
 LAYERS: list[set[str]] = [
     {"errors", "_types", "_keys", "_clock"},  # plain values: statuses, sentinels, ids, time
     {"_process", "_loop"},  # process-wide state; blocking calls inside a running loop
-    {"_serde", "_fingerprint", "_records", "_diskcompat", "_trust", "_store", "_cel", "_events"},  # data, store
+    {  # data, store
+        "_preview",
+        "_hashing",
+        "_codecs",
+        "_serde",
+        "_fingerprint",
+        "_records",
+        "_diskcompat",
+        "_trust",
+        "_store",
+        "_cel",
+        "_events",
+    },
     {  # the runtime
         "_lease",
         "_run",
