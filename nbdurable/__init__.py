@@ -20,6 +20,7 @@ from typing import Any
 
 from nbdurable import _display, _process
 from nbdurable._client import Client, default_client, function
+from nbdurable._codecs import DataCodec, register_codec
 from nbdurable._events import Cancel, Concurrency, Event, TriggerCron, TriggerEvent
 from nbdurable._function import Function
 from nbdurable._inngest import to_inngest
@@ -87,6 +88,7 @@ __all__ = [
     "Concurrency",
     "Context",
     "ContextSync",
+    "DataCodec",
     "Event",
     "Function",
     "Group",
@@ -114,6 +116,7 @@ __all__ = [
     "default_client",
     "function",
     "load_ipython_extension",
+    "register_codec",
     "to_inngest",
     "unload_ipython_extension",
 ]

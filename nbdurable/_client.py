@@ -43,7 +43,7 @@ INNGEST_OPTIONS = frozenset(
     }
 )
 """Options of ``inngest.Inngest`` accepted, and ignored, so Inngest code runs unchanged (nothing is served)."""
-_OPTIONS = ("app_id", "store", "serializer", "backoff", "executor", "clock")
+_OPTIONS = ("app_id", "store", "serializer", "backoff", "executor", "mmap", "clock")
 
 
 class Client:
@@ -55,6 +55,9 @@ class Client:
         serializer: ``"json"`` (strict, default) or ``"pickle"``.
         backoff: delays between attempts of failing steps.
         executor: a ``concurrent.futures.Executor`` to run sync step handlers on.
+        mmap: memory-map stored arrays and Arrow tables of 1 MB and more when they replay
+            (copy-on-write: the array is writable, the stored file never changes). ``False``
+            reads them into memory instead.
         clock: time source (tests pass a fake one).
         **inngest_options: options of ``inngest.Inngest`` that have no meaning here
             (``signing_key``, ``is_production``...): accepted and ignored. Any other keyword
@@ -81,6 +84,7 @@ class Client:
         serializer: str = "json",
         backoff: Backoff | None = None,
         executor: Executor | None = None,
+        mmap: bool = True,
         clock: Clock | None = None,
         **inngest_options: Any,
     ) -> None:
@@ -98,6 +102,7 @@ class Client:
         self.serializer = check_serializer(serializer)
         self.backoff = backoff or Backoff()
         self.executor = executor
+        self.mmap = mmap
         self.clock = clock or SYSTEM_CLOCK
         self.functions: dict[str, Function[Any]] = {}
         self._store: Store | None = None

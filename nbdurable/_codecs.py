@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from nbdurable._process import STATE
 from nbdurable.errors import OutputUnserializableError
 
 __all__ = ["DataCodec", "codec_for", "register_codec", "registry"]
@@ -691,6 +692,8 @@ class CodecRegistry:
 
 
 registry = CodecRegistry()
+"""The process's codecs (user registrations are forgotten by ``_process.STATE.reset()``)."""
+STATE.reset_hooks.append(registry.reset)
 
 
 def _class_is_named(cls: type, name: str) -> bool:

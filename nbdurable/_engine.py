@@ -17,10 +17,13 @@ from typing import TYPE_CHECKING, Any
 from nbdurable import _keys
 from nbdurable._actions import IN_HANDLER, Call, Plan, Replayed, Runner, Sleep
 from nbdurable._clock import Signal
+from nbdurable._codecs import codec_for as data_codec_for
+from nbdurable._codecs import registry
+from nbdurable._diskcompat import Unreadable
 from nbdurable._fingerprint import fingerprint
 from nbdurable._lifecycle import CancelSignal, LeaseLost, Lifecycle, error_info, error_record
 from nbdurable._process import STATE
-from nbdurable._records import StepRecord
+from nbdurable._records import DataRef, StepRecord
 from nbdurable._serde import JSON, PICKLE, Codec, codec_for, return_annotation
 from nbdurable._types import CORRUPT, MISSING, UNREADABLE, ErrorInfo, StepInfo, StepStatus
 from nbdurable.errors import (
@@ -62,6 +65,10 @@ class GroupMember:
         self.counts: dict[str, int] = {}
 
 
+MMAP_FROM = 1 << 20
+"""Data files from this size up are memory-mapped on replay (copy-on-write), when the client allows it."""
+_PLAIN = frozenset({dict, list, tuple, str, int, float, bool, type(None), bytes})
+
 MEMBER: contextvars.ContextVar[GroupMember | None] = contextvars.ContextVar("nbdurable_member", default=None)
 CURRENT_RUN: contextvars.ContextVar[RunState[Any] | None] = contextvars.ContextVar("nbdurable_run", default=None)
 """The run whose body executes in this context (a run cannot wait for itself)."""
@@ -70,7 +77,7 @@ CURRENT_RUN: contextvars.ContextVar[RunState[Any] | None] = contextvars.ContextV
 class Pending:
     """A step that must execute: its handler, arguments, codec and fingerprint."""
 
-    __slots__ = ("args", "codec", "fp", "handler", "info", "key", "local")
+    __slots__ = ("args", "codec", "fp", "handler", "info", "key", "local", "replaces")
 
     def __init__(
         self,
@@ -90,6 +97,8 @@ class Pending:
         self.fp = fp
         self.info = info
         self.local = local
+        self.replaces: DataRef | None = None
+        """The data file of the record this step's output replaces (deleted once the new one is stored)."""
 
 
 class Execution:
@@ -117,6 +126,9 @@ class Execution:
         self.preloaded: dict[str, bytes | None] | None = None
         self.replaying = False
         """True until a step executes: ``ctx.logger`` stays silent meanwhile."""
+        self.data_folder = self.store.data_folder(client.app_id, fn.id, state.id)
+        self.last_output: tuple[Any, str] | None = None
+        """The latest step's value and key: a run returning it stores it once, with the step."""
 
     def begin(self) -> None:
         """Take the run (or raise ``RunLockedError``); replays start."""
@@ -241,7 +253,9 @@ class Execution:
         info = StepInfo(key=key, step_id=step_id, max_attempts=self.max_attempts)
         if key == self.life.in_flight_before:
             info.note = "previous attempt never finished"
-        return Pending(key, handler, args, codec, fp, info)
+        pending = Pending(key, handler, args, codec, fp, info)
+        pending.replaces = got[0].data if got is not None else None
+        return pending
 
     def handler_meta(self, handler: Any, args: tuple[Any, ...], output_type: Any) -> tuple[Codec, str | None]:
         """The codec and fingerprint of a step call; cached per code object for plain calls."""
@@ -286,6 +300,25 @@ class Execution:
             return PICKLE
         return JSON if stored != codec.name else codec
 
+    def read_data(self, key: str, ref: DataRef) -> Any:
+        """A value stored in a data file, or ``UNREADABLE`` (with a warning) so the step executes again."""
+        try:
+            codec = registry.named(ref.codec)
+        except KeyError:
+            value: Any = Unreadable(f"its codec {ref.codec!r} is not registered in this process")
+        else:
+            value = self.store.read_data(ref, codec, mmap=self.client.mmap and ref.size >= MMAP_FROM)
+        if isinstance(value, Unreadable):
+            warnings.warn(
+                f"nbdurable: the stored output of step {_keys.label(key)!r} cannot be read ({value.reason}); "
+                "the step executes again.",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+            return UNREADABLE
+        self.last_output = (value, key)
+        return value
+
     def stored_value(self, key: str, load: Callable[[bytes], Any], payload: bytes) -> Any:
         """A stored output rebuilt by ``load``, or ``UNREADABLE`` (with a warning) so the step executes again."""
         try:
@@ -303,8 +336,11 @@ class Execution:
         self, key: str, step_id: str, rec: StepRecord, payload: bytes, codec: Codec, stale: bool
     ) -> Replayed[Any] | None:
         """Rebuild a stored output; None when it cannot be read (the step then executes again)."""
-        safe = self.safe_codec(key, rec.serializer, codec)
-        value = UNREADABLE if safe is None else self.stored_value(key, safe.loads, payload)
+        if rec.data is not None:
+            value = self.read_data(key, rec.data)
+        else:
+            safe = self.safe_codec(key, rec.serializer, codec)
+            value = UNREADABLE if safe is None else self.stored_value(key, safe.loads, payload)
         if value is UNREADABLE:
             return None
         if stale:
@@ -345,6 +381,8 @@ class Execution:
             stale=stale,
         )
         self.add_step(info, "step_replayed")
+        if has_output:
+            self.last_output = (value, key)
         return Replayed(value)
 
     def attempts(self, p: Pending) -> Plan[Any]:
@@ -387,24 +425,33 @@ class Execution:
         """Store a step's output (on disk before this returns) and give back the stored value."""
         info = p.info
         now = self.clock.now()
+        data = None
         try:
-            payload = p.codec.dumps(value, p.key)
+            data = self.write_data(p.key, value, p.codec)
+            if data is None:
+                payload = p.codec.dumps(value, p.key)
+                out = p.codec.loads(payload)
+            else:
+                payload, out = b"", value  # the codec is exact: the value is what a replay gives
         except OutputUnserializableError as exc:
             info.error = error_info(exc)
             self.state.failed_step = p.key
             self.fail(p, started)
             raise
-        out = p.codec.loads(payload)
         self.store.put_completed_step(
             self.prefix + p.key,
             kind=info.kind,
             attempts=info.attempts,
             started_at=started,
             ended_at=now,
-            serializer=p.codec.name,
+            serializer="data" if data is not None else p.codec.name,
             fingerprint=p.fp,
             payload=payload,
+            data=data,
         )
+        if p.replaces is not None:
+            self.store.delete_data(p.replaces)
+        self.last_output = (out, p.key)
         self.current = None
         info.status = StepStatus.COMPLETED
         info.duration = now - started
@@ -414,6 +461,21 @@ class Execution:
         if self.state.listeners:
             self.state.emit("step_completed", info)
         return out
+
+    def write_data(self, key: str, value: Any, codec: Codec) -> DataRef | None:
+        """Store a data value (array, frame, table...) in a file of its own; None for other values."""
+        if type(value) in _PLAIN:
+            return None
+        data_codec = data_codec_for(value)
+        if data_codec is None:
+            return None
+        try:
+            return self.store.write_data(self.data_folder, data_codec, value)
+        except OutputUnserializableError as exc:
+            if codec.name == "pickle":
+                return None  # the user chose pickle: it stores what the data codec cannot
+            msg = f"step {_keys.label(key)!r}: {exc}"
+            raise OutputUnserializableError(msg) from None
 
     def fail(self, p: Pending, started: float) -> None:
         """Record a step that failed for good in this execution."""

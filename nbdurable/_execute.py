@@ -129,8 +129,10 @@ def execution(fn: Function[T], state: RunState[T]) -> Plan[T]:
 
 
 def _close(fn: Function[T], ex: Execution, output: Any, exc: BaseException | None) -> T:
+    last = ex.last_output
+    from_step = last[1] if exc is None and last is not None and last[0] is output else None
     try:
-        result: T = ex.life.end(output, exc)
+        result: T = ex.life.end(output, exc, from_step=from_step)
     except BaseException as err:
         if ex.state.status is RunStatus.FAILED:
             after_failure(fn, ex.state)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import json
 from typing import Any
 
+from nbdurable._hashing import content_digest
 from nbdurable._process import STATE
 
 _PLAIN = frozenset({int, str, float, bool, type(None), bytes})
@@ -35,10 +35,6 @@ def _code_fingerprint(fn: Any) -> str:
     return found
 
 
-def _default(value: Any) -> str:
-    return f"<{type(value).__module__}.{type(value).__qualname__}>"
-
-
 def fingerprint(handler: Any, args: tuple[Any, ...]) -> str:
     """A short hash of the handler's source (or bytecode) and its arguments.
 
@@ -57,8 +53,9 @@ def fingerprint(handler: Any, args: tuple[Any, ...]) -> str:
         return base
     if not kwargs and all(type(a) in _PLAIN for a in args):
         return _digest(f"{base}|{args!r}".encode())  # repr of plain values is stable and cheap
-    try:
-        blob = json.dumps([args, kwargs], sort_keys=True, default=_default)
-    except (TypeError, ValueError):
-        blob = repr([type(a).__qualname__ for a in args])
-    return _digest(f"{base}|{blob}".encode())
+    # Data (arrays, frames) by the content of their buffers, containers by their items, other
+    # objects (a client, a model passed along) by their class.
+    content = content_digest((args, sorted(kwargs.items())), objects=False)
+    if content is None:  # something with no stable content (an open file, a generator): its types
+        content = repr([type(a).__qualname__ for a in (*args, *kwargs.values())])
+    return _digest(f"{base}|{content}".encode())

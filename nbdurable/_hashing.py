@@ -41,7 +41,7 @@ class _CannotHashError(Exception):
     """The value holds something with no stable content (an open file, a generator...)."""
 
 
-def content_digest(value: Any) -> str | None:
+def content_digest(value: Any, *, objects: bool = True) -> str | None:
     """A 128-bit fingerprint of ``value``'s content, or None when it has no stable content.
 
     Equal content gives the same digest in every process and session; any change to an
@@ -51,6 +51,8 @@ def content_digest(value: Any) -> str | None:
     Args:
         value: any value: plain data, containers, numpy arrays, pandas, pyarrow or polars
             data, or an object that pickles.
+        objects: fingerprint other objects by their pickled content; ``False`` takes their
+            class only (step arguments: a client or a model passed along is not data).
 
     Returns:
         32 hex digits, or None for a value that cannot be fingerprinted (an open file, a
@@ -68,7 +70,7 @@ def content_digest(value: Any) -> str | None:
     """
     hasher = xxhash.xxh3_128()
     try:
-        _Walker(hasher).feed(value)
+        _Walker(hasher, objects=objects).feed(value)
     except (_CannotHashError, RecursionError):
         return None
     except Exception:  # noqa: BLE001 - a user digest hook or an exotic data type failed: no fingerprint
@@ -76,10 +78,10 @@ def content_digest(value: Any) -> str | None:
     return str(hasher.hexdigest())
 
 
-def _sub_digest(value: Any) -> bytes:
+def _sub_digest(value: Any, *, objects: bool = True) -> bytes:
     """The digest of one item, to sort dict keys and set elements by (their order is arbitrary)."""
     hasher = xxhash.xxh3_128()
-    _Walker(hasher).feed(value)
+    _Walker(hasher, objects=objects).feed(value)
     return bytes(hasher.digest())
 
 
@@ -90,8 +92,9 @@ def _qualified(tp: type) -> bytes:
 class _Walker:
     """Feeds a tagged encoding of one value into a hasher."""
 
-    def __init__(self, hasher: Any) -> None:
+    def __init__(self, hasher: Any, *, objects: bool = True) -> None:
         self.update: Callable[[Any], None] = hasher.update
+        self.objects = objects
 
     def tag(self, tag: bytes, text: bytes | bytearray = b"") -> None:
         self.update(tag + _pack_len(len(text)) + text)
@@ -189,13 +192,14 @@ class _Walker:
                 self.str_(key)
                 self.feed(value[key])
             return
-        for key_digest, item in sorted(((_sub_digest(k), v) for k, v in value.items()), key=lambda kv: kv[0]):
+        pairs = ((_sub_digest(k, objects=self.objects), v) for k, v in value.items())
+        for key_digest, item in sorted(pairs, key=lambda kv: kv[0]):
             self.update(key_digest)
             self.feed(item)
 
     def set_(self, value: set[Any] | frozenset[Any]) -> None:
         self.tag(b"<" if isinstance(value, set) else b">", _pack_len(len(value)))
-        for item_digest in sorted(_sub_digest(v) for v in value):
+        for item_digest in sorted(_sub_digest(v, objects=self.objects) for v in value):
             self.update(item_digest)
 
     # Everything else.
@@ -218,6 +222,9 @@ class _Walker:
                 convert: Any = base
                 _EXACT[base](self, convert(value))
                 return
+        if not self.objects:
+            self.tag(b"O", _qualified(tp))
+            return
         self.pickled(value)
 
     def pickled(self, value: Any) -> None:

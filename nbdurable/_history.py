@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from nbdurable import _keys, _lease, _store
+from nbdurable._codecs import registry
+from nbdurable._diskcompat import Unreadable
 from nbdurable._process import STATE
-from nbdurable._records import RunRecord, StepRecord
+from nbdurable._records import DataRef, RunRecord, StepRecord
 from nbdurable._run import Run, loaded_state
 from nbdurable._serde import PICKLE, codec_for
 from nbdurable._types import CORRUPT, MISSING, NO_OUTPUT, NO_TYPE, ErrorInfo, RunStatus, StepInfo, StepStatus
@@ -39,21 +41,41 @@ def load(client: Client, rec: RunRecord, *, with_steps: bool = True) -> Run[Any]
 def stored_output(client: Client, rec: RunRecord, payload: bytes) -> Any:
     """A completed run's stored output, rebuilt as its function (if defined here) would, or NO_OUTPUT.
 
-    A pickled output is loaded only by a client or function that chose pickle, from a store
-    this user created.
+    It lies in the run record, in a data file, or with the step that returned it. A pickled
+    output is loaded only by a client or function that chose pickle, from a store this user
+    created.
     """
+    if rec.output_data is not None:
+        return _read_data(client, rec.output_data)
+    serializer_used = rec.serializer
+    if rec.output_step is not None:
+        got = client.store.get_step(_store.step_prefix(client.app_id, rec.function_id, rec.run_id) + rec.output_step)
+        if got is MISSING or got is CORRUPT or got[0].status != "COMPLETED":
+            return NO_OUTPUT
+        if got[0].data is not None:
+            return _read_data(client, got[0].data)
+        payload, serializer_used = got[1], got[0].serializer
     fn = client.functions.get(rec.function_id)
     serializer = (fn.serializer if fn is not None else None) or client.serializer
-    if rec.serializer == "pickle" and (serializer != "pickle" or not client.store.trusted):
+    if serializer_used == "pickle" and (serializer != "pickle" or not client.store.trusted):
         if serializer == "pickle":
             client.store.warn_untrusted()
         return NO_OUTPUT
     output_type = fn.output_type if fn is not None and fn.output_type is not None else NO_TYPE
-    codec = PICKLE if rec.serializer == "pickle" else codec_for("json", output_type)
+    codec = PICKLE if serializer_used == "pickle" else codec_for("json", output_type)
     try:
         return codec.loads(payload)
     except Exception:  # noqa: BLE001 - an unreadable output is shown as absent, never a crash
         return NO_OUTPUT
+
+
+def _read_data(client: Client, ref: DataRef) -> Any:
+    try:
+        codec = registry.named(ref.codec)
+    except KeyError:
+        return NO_OUTPUT
+    value = client.store.read_data(ref, codec, mmap=client.mmap)
+    return NO_OUTPUT if isinstance(value, Unreadable) else value
 
 
 def step_order(client: Client, rec: RunRecord) -> list[tuple[str, StepRecord]]:
@@ -132,6 +154,7 @@ def clear(client: Client, fn_id: str | None, run_id: str | None) -> int:
     for rec in recs:
         client.store.delete_prefix(_store.step_prefix(client.app_id, rec.function_id, rec.run_id))
         client.store.delete(_store.run_key(client.app_id, rec.function_id, rec.run_id))
+        client.store.delete_data_folder(client.store.data_folder(client.app_id, rec.function_id, rec.run_id))
         client.forget_run(rec.function_id, rec.run_id)
     return len(recs)
 
@@ -144,7 +167,8 @@ def invalidate(client: Client, fn_id: str, run_id: str, from_step: str | None) -
         msg = f"function {fn_id!r} has no stored run {run_id!r}. Fix: see {fn_id}.runs() for run ids."
         raise KeyError(msg)
     prefix = _store.step_prefix(client.app_id, fn_id, run_id)
-    order = [key for key, _ in step_order(client, got[0])]
+    stored = step_order(client, got[0])
+    order = [key for key, _ in stored]
     if from_step is not None:
         if from_step not in order:  # a step as views show it (its label), else unknown
             from_step = next((k for k in order if _keys.label(k) == from_step), from_step)
@@ -152,6 +176,9 @@ def invalidate(client: Client, fn_id: str, run_id: str, from_step: str | None) -
             msg = f"run {run_id!r} of {fn_id!r} has no stored step {from_step!r}; stored steps: {order}"
             raise KeyError(msg)
         order = order[order.index(from_step) :]
+    files = {key: rec.data for key, rec in stored if rec.data is not None}
     for key in order:
         client.store.delete(prefix + key)
+        if key in files:
+            client.store.delete_data(files[key])
     return order

@@ -13,9 +13,11 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from nbdurable import _keys, _lease, _store
+from nbdurable._codecs import codec_for as data_codec_for
 from nbdurable._events import Event
-from nbdurable._records import KEYS_ESCAPED, KEYS_LEGACY, ErrorRecord, EventRecord, RunRecord
-from nbdurable._serde import codec_for, json_default_preview
+from nbdurable._preview import preview
+from nbdurable._records import KEYS_ESCAPED, KEYS_LEGACY, DataRef, ErrorRecord, EventRecord, RunRecord
+from nbdurable._serde import codec_for
 from nbdurable._types import NO_OUTPUT, ErrorInfo, RunStatus, StepInfo, StepStatus
 from nbdurable.errors import OutputUnserializableError, RunCancelledError, RunFailedError, RunLockedError, StepError
 
@@ -23,6 +25,9 @@ if TYPE_CHECKING:
     from nbdurable._client import Client
     from nbdurable._function import Function
     from nbdurable._run import RunState
+
+
+_PLAIN = frozenset({dict, list, tuple, str, int, float, bool, type(None), bytes})
 
 
 class CancelSignal(BaseException):
@@ -193,19 +198,22 @@ class Lifecycle:
             self.lease.write(self.record)
             self.last_beat = now
 
-    def end(self, output: Any = NO_OUTPUT, exc: BaseException | None = None) -> Any:
-        """Write the end state, release the lease, and return the output or raise."""
+    def end(self, output: Any = NO_OUTPUT, exc: BaseException | None = None, *, from_step: str | None = None) -> Any:
+        """Write the end state, release the lease, and return the output or raise.
+
+        ``from_step`` names the step whose stored value the output is: it is then stored once,
+        with the step, and the run record refers to it.
+        """
         state = self.state
         status, raise_exc, error = self._outcome(exc)
         now = self.clock.now()
-        payload = b""
-        shown = None
+        payload, data, shown = b"", None, None
         if status is RunStatus.COMPLETED:
-            shown = json_default_preview(output)
-            try:
-                payload = codec_for(self.serializer, self.fn.output_type).dumps(output, "<run output>")
-            except OutputUnserializableError:
-                payload = b""
+            shown = preview(output)
+            if from_step is None:
+                payload, data = self._output_payload(output)
+        assert self.record is not None
+        replaced = self.record.output_data
         _lease.heartbeat().remove(self.beat)
         try:
             with self.lock:
@@ -224,10 +232,13 @@ class Lifecycle:
                         "error": error_record(error) if error else None,
                         "failed_step": state.failed_step,
                         "output_preview": shown,
-                        "has_output": bool(payload),
+                        "has_output": bool(payload) or data is not None or from_step is not None,
+                        "output_step": from_step if status is RunStatus.COMPLETED else None,
+                        "output_data": data,
                     }
                 )
-                self.lease.write(self.record, payload)
+                if self.lease.write(self.record, payload) and replaced is not None and replaced != data:
+                    self.store.delete_data(replaced)
         finally:
             self.lease.release()
             state.status = status
@@ -243,6 +254,17 @@ class Lifecycle:
         if raise_exc is not None:
             raise raise_exc
         return output
+
+    def _output_payload(self, output: Any) -> tuple[bytes, DataRef | None]:
+        """The run's output as a payload, or in a data file of the run; nothing if it cannot be stored."""
+        data_codec = data_codec_for(output) if type(output) not in _PLAIN else None
+        try:
+            if data_codec is not None:
+                folder = self.store.data_folder(self.client.app_id, self.fn.id, self.state.id)
+                return b"", self.store.write_data(folder, data_codec, output)
+            return codec_for(self.serializer, self.fn.output_type).dumps(output, "<run output>"), None
+        except OutputUnserializableError:
+            return b"", None
 
     def _outcome(self, exc: BaseException | None) -> tuple[RunStatus, BaseException | None, ErrorInfo | None]:
         """The end status an exception (or none) means, what to raise, and the error to store."""

@@ -124,6 +124,8 @@ class ProcessState:
         self.presenter: Presenter | None = None
         self.heartbeat: Heartbeat | None = None
         """The one thread refreshing leases (started by ``_lease`` on first use; kept by ``reset``)."""
+        self.reset_hooks: list[Callable[[], None]] = []
+        """Called by ``reset()``: registries that live beside their code (the data codecs' user table)."""
         self._fresh()
 
     def _fresh(self) -> None:
@@ -171,6 +173,8 @@ class ProcessState:
             store.cache.close()
         with self.lock:
             self._fresh()
+        for hook in tuple(self.reset_hooks):
+            hook()
 
 
 STATE = ProcessState()

@@ -45,8 +45,16 @@ class ErrorRecord(Record):
     stack: str = ""
 
 
+class DataRef(Record):
+    """A value stored in a data file of its own (``file`` relative to the store), by a data codec."""
+
+    codec: str
+    file: str
+    size: int
+
+
 class StepRecord(Record):
-    """One step's stored state."""
+    """One step's stored state (``data``: its output lives in a data file instead of the payload)."""
 
     status: Literal["COMPLETED", "FAILED", "SLEEPING", "WAITING"]
     kind: str = "run"
@@ -59,6 +67,7 @@ class StepRecord(Record):
     error: ErrorRecord | None = None
     wake_at: float | None = None
     meta: dict[str, Any] | None = None
+    data: DataRef | None = None
 
 
 class EventRecord(Record):
@@ -95,6 +104,10 @@ class RunRecord(Record):
     has_output: bool = False
     serializer: str = "json"
     keys: int = KEYS_LEGACY
+    output_step: str | None = None
+    """The key of the step whose stored value is also the run's output (stored once, there)."""
+    output_data: DataRef | None = None
+    """The data file holding the run's output, when it is a data value no step returned."""
 
 
 R = TypeVar("R", bound=Record)

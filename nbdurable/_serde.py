@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 import json
 import pickle
 import typing
 from typing import Any, Protocol
 
+from nbdurable._preview import preview
 from nbdurable._process import STATE
 from nbdurable._types import NO_TYPE
 from nbdurable.errors import OutputUnserializableError
@@ -61,7 +61,8 @@ class JsonCodec:
 
     def dumps(self, value: Any, step_key: str) -> bytes:
         try:
-            data = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+            # NaN and infinities (common in metrics) are kept, as Python's json writes and reads them.
+            data = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
         except (TypeError, ValueError, RecursionError) as exc:
             problem = str(exc)
         else:
@@ -156,7 +157,11 @@ def codec_for(serializer: str, output_type: Any) -> Codec:
     try:
         return _pydantic_codec(output_type)
     except TypeError:  # unhashable annotation objects
+        pass
+    try:
         return PydanticCodec(output_type)
+    except Exception:  # noqa: BLE001 - a type pydantic cannot rebuild (an array, a frame): stored by value
+        return JSON
 
 
 def return_annotation(handler: Any) -> Any:
@@ -199,20 +204,4 @@ def _type_name(tp: Any) -> str:
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"a {type(value).__module__}.{type(value).__qualname__} ({text})"
-
-
-def json_default_preview(value: Any, limit: int = 80) -> str:
-    """A one-line preview of a value for views."""
-    if isinstance(value, (_dt.datetime, _dt.date)):
-        text = value.isoformat()
-    else:
-        try:
-            text = json.dumps(value, ensure_ascii=False, default=repr)
-        except Exception:  # noqa: BLE001 - previews never fail
-            text = repr(value)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+    return f"a {type(value).__module__}.{type(value).__qualname__} ({preview(value, 60)})"

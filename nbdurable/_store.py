@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import stat
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import diskcache
 import pydantic
@@ -28,12 +31,17 @@ import pydantic
 from nbdurable import _diskcompat, _trust
 from nbdurable._diskcompat import Unreadable
 from nbdurable._process import STATE
-from nbdurable._records import SCHEMA_VERSION, EventRecord, R, Record, RunRecord, StepRecord
+from nbdurable._records import SCHEMA_VERSION, DataRef, EventRecord, R, Record, RunRecord, StepRecord
 from nbdurable._types import CORRUPT, MISSING, Absent
 from nbdurable.errors import StoreError
 
+if TYPE_CHECKING:
+    from nbdurable._codecs import DataCodec
+
 SEP = "\x1f"
 DB_FILE = "cache.db"
+DATA_DIR = "data"
+"""Data files (arrays, frames...) live in ``data/<run>/``, one file per stored value."""
 
 
 # --- keys ---------------------------------------------------------------------------------
@@ -262,6 +270,7 @@ class Store:
         serializer: str,
         fingerprint: str | None,
         payload: bytes,
+        data: DataRef | None = None,
     ) -> None:
         """Write a COMPLETED step record: the write every first execution of a step makes.
 
@@ -279,6 +288,8 @@ class Store:
             "serializer": serializer,
             "fingerprint": fingerprint,
         }
+        if data is not None:
+            header["data"] = {"v": SCHEMA_VERSION, "codec": data.codec, "file": data.file, "size": data.size}
         self._set(key, _encode_header(header).encode() + b"\n" + payload)
 
     def _set(self, key: str, data: bytes) -> None:
@@ -395,6 +406,81 @@ class Store:
                 out.append(got[0])
         return out
 
+    # -- data files ---------------------------------------------------------------------------
+
+    def data_folder(self, app: str, function_id: str, run_id: str) -> str:
+        """The folder (relative to the store) holding a run's data files."""
+        digest = hashlib.blake2b(f"{app}{SEP}{function_id}{SEP}{run_id}".encode(), digest_size=12).hexdigest()
+        return f"{DATA_DIR}/{digest}"
+
+    def write_data(self, folder: str, codec: DataCodec, value: Any) -> DataRef:
+        """Stream ``value`` into a new data file of ``folder`` with ``codec``; the reference to store.
+
+        The file is written under a temporary name and renamed once complete, so no reader ever
+        sees half of it; a failed write (a full disk) removes it and raises ``StoreError``.
+        """
+        self.check_identity()
+        full_folder = os.path.join(self.path, folder)
+        name = f"{uuid.uuid4().hex}{codec.suffix}"
+        final = os.path.join(full_folder, name)
+        temp = final + ".partial"
+        try:
+            _diskcompat.make_private_dirs(full_folder, self.path)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _diskcompat.FILE_MODE)
+            with open(fd, "wb") as f:
+                codec.write(value, f)
+            os.replace(temp, final)
+            size = os.stat(final).st_size
+        except OSError as exc:
+            if exc.errno is None and _nearly_full(self.path):  # numpy's short write says only "requested"
+                exc = OSError(errno.ENOSPC, f"No space left on device while writing {final}")
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise StoreError(self._explain("write", exc)) from exc
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        return DataRef(codec=codec.name, file=f"{folder}/{name}", size=size)
+
+    def data_path(self, ref: DataRef) -> str | None:
+        """The full path of a data file, or None if the reference points outside the store's data."""
+        parts = ref.file.split("/")
+        if len(parts) != 3 or parts[0] != DATA_DIR or any(p in ("", ".", "..") or "\\" in p for p in parts):
+            return None
+        return os.path.join(self.path, *parts)
+
+    def read_data(self, ref: DataRef, codec: DataCodec, *, mmap: bool) -> Any:
+        """The value in a data file, or ``Unreadable`` (missing, truncated, or not what its codec reads)."""
+        path = self.data_path(ref)
+        if path is None:
+            return Unreadable(f"its data file {ref.file!r} lies outside the store")
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            return Unreadable(f"its data file {ref.file} is missing")
+        except OSError as exc:
+            return Unreadable(f"its data file {ref.file} cannot be read ({exc.strerror or exc})")
+        if size != ref.size:
+            return Unreadable(f"its data file {ref.file} has {size} bytes, not the {ref.size} written")
+        try:
+            return codec.read(path, mmap=mmap)
+        except Exception as exc:  # noqa: BLE001 - a damaged file is re-executed, never a crash
+            return Unreadable(f"its data file {ref.file} cannot be read by the {codec.name} codec ({exc})")
+
+    def delete_data(self, ref: DataRef) -> None:
+        """Delete one data file (a value replaced or forgotten)."""
+        path = self.data_path(ref)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def delete_data_folder(self, folder: str) -> None:
+        """Delete a run's data files."""
+        parts = folder.split("/")
+        if len(parts) == 2 and parts[0] == DATA_DIR and parts[1] not in ("", ".", ".."):
+            shutil.rmtree(os.path.join(self.path, *parts), ignore_errors=True)
+
     def warn_untrusted(self) -> None:
         """Say once that pickled values of this store are not loaded, and how to allow them."""
         _warn_once(
@@ -417,6 +503,13 @@ def _tighten(path: str) -> None:
             with contextlib.suppress(OSError):
                 if stat.S_ISREG(os.lstat(full).st_mode):
                     os.chmod(full, _diskcompat.FILE_MODE)
+
+
+def _nearly_full(path: str) -> bool:
+    try:
+        return shutil.disk_usage(path).free < 1 << 20
+    except OSError:
+        return False
 
 
 def _writable(path: str) -> bool:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from nbdurable._serde import json_default_preview
+from nbdurable._preview import preview
 from nbdurable._types import StepInfo, StepStatus
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def step_detail(step: StepInfo) -> str:
     if step.error is not None and step.status in (StepStatus.FAILED, StepStatus.RETRYING):
         return f"{step.error.name}: {step.error.message}"[:100]
     if step.has_output:
-        return json_default_preview(step.output)
+        return preview(step.output)
     return ""
 
 
