@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from nbdurable import _history, _keys, _lease
+from nbdurable._cellstep import CELL_FUNCTION, describe
 from nbdurable._client import DEFAULT_STORE, Client, default_client
 from nbdurable._events import Event
 from nbdurable._function import Function
@@ -28,9 +29,6 @@ from nbdurable._store import Store
 from nbdurable._text import COLUMNS, seconds, step_cells
 from nbdurable._types import RunStatus
 from nbdurable.errors import RunFailedError
-
-CELL_FUNCTION = "%%step"
-"""The function id cell steps are stored under (one run per cell step, named by the cell)."""
 
 HELP = """\
 %nbdurable runs [FN] [--status S]    runs in the store (newest first)
@@ -43,10 +41,12 @@ HELP = """\
 %nbdurable send NAME [JSON]          send an event (starts matching functions, resolves waits)
 %nbdurable help                      this text
 
-%%step NAME [--retries N] [--refresh] [--strict]
-    The cell is a durable step: the names it assigns are stored; running it again
-    restores them without executing the cell, also after a kernel restart. Editing the cell
-    (or an earlier cell step) executes it again; --refresh forces that.
+%%step NAME [--retries N] [--refresh] [--strict] [--scope S]
+    The cell is a durable step: the names it binds are stored, each on its own, with what it
+    printed and displayed; running it again restores them (and shows its outputs again)
+    without executing the cell, also after a kernel restart. It executes again when its
+    source or the content of a name it reads changed; --refresh forces that. A name that
+    cannot be stored is left out with a warning (--strict: an error).
 
 NBDURABLE_VIEW=off silences the run view; NBDURABLE_VIEW=text never builds widgets."""
 
@@ -232,6 +232,9 @@ class Commands:
             self.show_table(table(list(COLUMNS), rows))
         if run.error is not None:
             self.write(f"error: {run.error.name}: {run.error.message}")
+        if rec.function_id.startswith(CELL_FUNCTION):
+            for line in describe(client, rec.function_id, rec.run_id):
+                self.write(line)
 
     def cmd_resume(self, args: list[str]) -> None:
         """``resume [RUN | --all]``: execute runs again (their steps replay)."""
@@ -250,7 +253,7 @@ class Commands:
         else:
             targets = [self.find_run(ns.run)]
         for path, rec in targets:
-            if rec.function_id == CELL_FUNCTION:
+            if rec.function_id.startswith(CELL_FUNCTION):
                 self.write(f"cell step {rec.run_id!r}: re-run its %%step cell to resume it")
                 continue
             client = self.client_for(path, rec.app, rec.function_id)

@@ -14,7 +14,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from IPython.display import display
 
-from nbdurable._cellstep import CellSteps
+from nbdurable._cellstep import CellSteps, CellStepUsageError
 from nbdurable._commands import CommandError, Commands, user_clients
 from nbdurable._loop import patch_loop, running_loop
 
@@ -74,7 +74,7 @@ class NbdurableMagics(Magics):
         """``%%step NAME [--retries N] [--refresh]``: the cell as a durable step."""
         try:
             self.cells.run(line, cell, self.commands.store_path)
-        except CommandError as exc:
+        except CellStepUsageError as exc:
             raise UsageError(str(exc)) from None
 
 

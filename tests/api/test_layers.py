@@ -43,7 +43,18 @@ LAYERS: list[set[str]] = [
         "_inngest",
         "testing",
     },
-    {"_text", "_display", "_view", "_commands", "_cellstep", "_magics", "__main__"},  # views and the notebook
+    {  # views and the notebook
+        "_text",
+        "_display",
+        "_view",
+        "_cellast",
+        "_cellio",
+        "_cellstore",
+        "_cellstep",
+        "_commands",
+        "_magics",
+        "__main__",
+    },
     {"__init__"},  # the public names
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

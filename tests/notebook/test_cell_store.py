@@ -1,0 +1,70 @@
+"""%%step stores each name on its own: data files by codec, unchanged names kept, large arrays mapped back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from nbdurable import _store
+from nbdurable._cellio import Capture
+from nbdurable._process import STATE
+
+np = pytest.importorskip("numpy")
+
+
+@pytest.fixture
+def ip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
+    monkeypatch.setenv("NBDURABLE_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("NBDURABLE_VIEW", "off")
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "nbdurable")
+    yield shell
+    shell.extension_manager.unload_extension("nbdurable")
+    shell.reset(new_session=False)
+    for path in list(STATE.open_stores):
+        if path.startswith(str(tmp_path)):
+            _store.Store.forget(path)
+
+
+def _files(tmp_path: Path) -> dict[str, int]:
+    """Data files of the store: name -> inode (a rewritten file gets a new name)."""
+    return {p.name: p.stat().st_ino for p in (tmp_path / "store" / "data").rglob("*") if p.is_file()}
+
+
+def test_each_name_has_its_own_file_and_an_unchanged_name_is_not_rewritten(ip, tmp_path) -> None:
+    """A cell binding an array and a dict: two files; executed again with one name changed, only it is rewritten."""
+    ip.user_ns["scale"] = 1
+    cell = "import numpy as np\nbig = np.arange(1000.0)\nsmall = {'scale': scale}"
+    ip.run_cell_magic("step", "data", cell)
+    first = _files(tmp_path)
+    assert sorted(Path(n).suffix for n in first) == [".npy", ".pkl"]
+    ip.user_ns["scale"] = 2  # `small` changes, `big` does not
+    ip.run_cell_magic("step", "data", cell)
+    second = _files(tmp_path)
+    npy = [n for n in first if n.endswith(".npy")]
+    assert npy
+    assert all(second.get(n) == first[n] for n in npy)  # the array's file was kept as it was
+    assert [n for n in second if n.endswith(".pkl")] != [n for n in first if n.endswith(".pkl")]
+    assert len(second) == 2  # the old dict file is gone
+
+
+def test_a_large_array_restores_memory_mapped(ip) -> None:
+    cell = "import numpy as np\nbig = np.ones(500_000)"
+    ip.run_cell_magic("step", "big", cell)
+    ip.user_ns.pop("big")
+    ip.run_cell_magic("step", "big", cell)
+    assert isinstance(ip.user_ns["big"], np.memmap)
+    assert ip.user_ns["big"].sum() == 500_000
+
+
+def test_captured_outputs_are_bounded_and_say_so(capsys) -> None:
+    """Past the limit, outputs are still shown but not kept, and a note says how much was dropped."""
+    with Capture(None, limit=10) as capture:
+        print("0123456789" * 3)
+    assert "0123456789" * 3 in capsys.readouterr().out
+    kept = "".join(o["text"] for o in capture.outputs)
+    assert "0123456789" * 3 not in kept
+    assert "were shown but not stored" in kept
