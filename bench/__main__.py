@@ -11,7 +11,7 @@ import tempfile
 import traceback
 from collections.abc import Callable
 
-from bench import _report, _rows
+from bench import _data_rows, _report, _rows
 from bench._measure import FULL, TINY, Row, Sizes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,6 +26,11 @@ def run_all(sizes: Sizes, workdir: str, *, explain: bool) -> tuple[list[Row], bo
         ("DBOS", ["4a", "4b"], lambda: _rows.dbos_rows(ws, sizes)),
         ("view", ["6"], lambda: [_rows.view_row(ws, sizes)]),
         ("import", ["7"], lambda: [_rows.import_row(sizes)]),
+        ("data steps", ["8", "9"], lambda: _data_rows.step_rows(workdir, sizes)),
+        ("%%step data", ["10a", "10b"], lambda: _data_rows.cell_rows(workdir, sizes)),
+        ("preview, fingerprint", ["11", "12"], lambda: _data_rows.small_rows(sizes)),
+        ("peak memory", ["13"], lambda: [_data_rows.peak_row(workdir, sizes)]),
+        ("notebook of cell steps", ["14"], lambda: [_data_rows.notebook_row(workdir, sizes)]),
     ]
     rows: list[Row] = []
     crashed = False
@@ -41,7 +46,7 @@ def run_all(sizes: Sizes, workdir: str, *, explain: bool) -> tuple[list[Row], bo
                 rows.extend(Row(n, name, "-", "-", None, why=f"crashed: {error}") for n in numbers)
     finally:
         ws.close()
-    rows.sort(key=lambda r: r.number)
+    rows.sort(key=lambda r: (int("".join(c for c in r.number if c.isdigit()) or 0), r.number))
     if explain:  # the reasons come from profiling full-size runs; tiny figures are noise
         _rows.explain(rows)
     return rows, crashed

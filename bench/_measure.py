@@ -24,6 +24,7 @@ class Sizes:
     joblib_calls: int
     view_steps: int
     import_runs: int
+    data_sizes: tuple[int, ...] = (100_000,)  # rows 8-13: bytes of the arrays and frames
 
 
 FULL = Sizes(
@@ -37,6 +38,7 @@ FULL = Sizes(
     joblib_calls=500,
     view_steps=2000,
     import_runs=15,
+    data_sizes=(100_000, 10_000_000, 1_000_000_000),
 )
 TINY = Sizes(
     steps=20,
