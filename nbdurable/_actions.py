@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from nbdurable._clock import Clock, Signal
 from nbdurable._loop import run_blocking, sleep_sync, wait_sync
+from nbdurable._types import HIDE_FRAMES
 
 T = TypeVar("T")
 
@@ -98,6 +99,7 @@ class Runner:
 
     def call_sync(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         """Call a handler from sync code (an async handler runs to completion here)."""
+        __tracebackhide__ = HIDE_FRAMES
         if self.executor is not None and not asyncio.iscoroutinefunction(fn):
             return self._submit(fn, args).result()
         value = fn(*args)
@@ -107,6 +109,7 @@ class Runner:
 
     async def call_async(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         """Call a handler from a task, awaiting it (a sync handler on an executor does not block the loop)."""
+        __tracebackhide__ = HIDE_FRAMES
         if self.executor is not None and not asyncio.iscoroutinefunction(fn):
             return await asyncio.wrap_future(self._submit(fn, args))
         value = fn(*args)
@@ -121,6 +124,7 @@ def drive_sync(runner: Runner, plan: Plan[T]) -> T:
     When this thread runs an event loop (a sync function executed in a Jupyter cell), sleeps
     and waits keep that loop turning, so background runs on it make progress.
     """
+    __tracebackhide__ = HIDE_FRAMES
     reply: Any = None
     try:
         while True:
@@ -137,6 +141,7 @@ def drive_sync(runner: Runner, plan: Plan[T]) -> T:
 
 
 def _call_sync(runner: Runner, action: Call) -> tuple[bool, Any]:
+    __tracebackhide__ = HIDE_FRAMES
     if action.body:
         try:
             return True, action.fn(*action.args)
@@ -153,6 +158,7 @@ def _call_sync(runner: Runner, action: Call) -> tuple[bool, Any]:
 
 async def drive_async(runner: Runner, plan: Plan[T]) -> T:
     """Perform a plan as a task: await handlers, sleep and wait without blocking the loop."""
+    __tracebackhide__ = HIDE_FRAMES
     reply: Any = None
     try:
         while True:
@@ -169,6 +175,7 @@ async def drive_async(runner: Runner, plan: Plan[T]) -> T:
 
 
 async def _call_async(runner: Runner, action: Call) -> tuple[bool, Any]:
+    __tracebackhide__ = HIDE_FRAMES
     if action.body:
         try:
             return True, await action.fn(*action.args)

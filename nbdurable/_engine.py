@@ -25,7 +25,7 @@ from nbdurable._lifecycle import CancelSignal, LeaseLost, Lifecycle, error_info,
 from nbdurable._process import STATE
 from nbdurable._records import DataRef, StepRecord
 from nbdurable._serde import JSON, PICKLE, Codec, codec_for, return_annotation
-from nbdurable._types import CORRUPT, MISSING, UNREADABLE, ErrorInfo, StepInfo, StepStatus
+from nbdurable._types import CORRUPT, HIDE_FRAMES, MISSING, UNREADABLE, ErrorInfo, StepInfo, StepStatus
 from nbdurable.errors import (
     NestedStepError,
     NonRetriableError,
@@ -226,7 +226,7 @@ class Execution:
     def add_step(self, info: StepInfo, kind: str) -> None:
         """Show a step in the run (and tell the listeners)."""
         self.state.steps.append(info)
-        if self.state.listeners:
+        if self.state.observed:
             self.state.emit(kind, info)
 
     # -- step.run ------------------------------------------------------------------------------
@@ -387,6 +387,7 @@ class Execution:
 
     def attempts(self, p: Pending) -> Plan[Any]:
         """Execute a step: call its handler until it succeeds or its attempts run out."""
+        __tracebackhide__ = HIDE_FRAMES
         info = p.info
         self.add_step(info, "step_started")
         failures = 0
@@ -404,6 +405,7 @@ class Execution:
             failures += 1
             exc: Exception = value
             info.error = error_info(exc)
+            info.errors.append(info.error)
             info.duration = self.clock.now() - started
             # A nested step is a mistake in the code: retrying cannot make it succeed.
             if isinstance(exc, (NonRetriableError, NestedStepError)) or failures >= self.max_attempts:
@@ -458,7 +460,7 @@ class Execution:
         info.output = out
         info.has_output = True
         info.error = None
-        if self.state.listeners:
+        if self.state.observed:
             self.state.emit("step_completed", info)
         return out
 

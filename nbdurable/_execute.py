@@ -24,7 +24,7 @@ from nbdurable._loop import is_home_loop, run_blocking, running_loop
 from nbdurable._process import STATE, FlightKey, SlotKey
 from nbdurable._run import Run, RunState
 from nbdurable._step import make_context
-from nbdurable._types import NO_OUTPUT, ErrorInfo, RunStatus
+from nbdurable._types import HIDE_FRAMES, NO_OUTPUT, ErrorInfo, RunStatus
 from nbdurable.errors import NestedStepError
 
 if TYPE_CHECKING:
@@ -100,6 +100,7 @@ def _queue(state: RunState[Any], keys: list[tuple[SlotKey, int]]) -> Generator[A
 
 def execution(fn: Function[T], state: RunState[T]) -> Plan[T]:
     """One execution of a claimed run, as a plan: queue, take the lease, call the body, end."""
+    __tracebackhide__ = HIDE_FRAMES
     # A run started from inside a step (send_event, invoke) is not inside that step.
     tokens = IN_HANDLER.set(None), CURRENT_RUN.set(state)
     try:
@@ -129,6 +130,7 @@ def execution(fn: Function[T], state: RunState[T]) -> Plan[T]:
 
 
 def _close(fn: Function[T], ex: Execution, output: Any, exc: BaseException | None) -> T:
+    __tracebackhide__ = HIDE_FRAMES
     last = ex.last_output
     from_step = last[1] if exc is None and last is not None and last[0] is output else None
     try:
@@ -170,6 +172,7 @@ def after_failure(fn: Function[Any], state: RunState[Any]) -> Run[Any] | None:
 
 def run_sync(fn: Function[T], data: dict[str, Any] | None, run_id: str | None, event: Event | None) -> T:
     """``fn.run()``: execute to the end and return the output, blocking (also inside a running loop)."""
+    __tracebackhide__ = HIDE_FRAMES
     state, attached = claim(fn, data, run_id, event, blocking=True)
     _show_or_release(state, attached)
     if attached:
@@ -182,6 +185,7 @@ def run_sync(fn: Function[T], data: dict[str, Any] | None, run_id: str | None, e
 
 async def run_async(fn: Function[T], data: dict[str, Any] | None, run_id: str | None, event: Event | None) -> T:
     """``await fn.run_async()``: the same, awaited (a sync function runs in a worker thread)."""
+    __tracebackhide__ = HIDE_FRAMES
     state, attached = claim(fn, data, run_id, event, blocking=True)
     _show_or_release(state, attached)
     if attached:

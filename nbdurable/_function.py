@@ -13,6 +13,7 @@ from nbdurable._events import Cancel, Concurrency, Event, TriggerCron, TriggerEv
 from nbdurable._run import Run
 from nbdurable._serde import check_serializer
 from nbdurable._types import RunStatus
+from nbdurable.errors import RunFailedError
 
 if TYPE_CHECKING:
     from nbdurable._client import Client
@@ -173,13 +174,19 @@ class Function(Generic[T]):
             >>> double.run({"x": 21}), double.run({"x": 21})  # the second call replays
             (42, 42)
         """
-        return _execute.run_sync(self, data, run_id, event)
+        try:
+            return _execute.run_sync(self, data, run_id, event)
+        except RunFailedError as exc:
+            raise exc.with_traceback(None) from exc.__cause__  # the traceback ends here, at the call
 
     async def run_async(
         self, data: dict[str, Any] | None = None, *, run_id: str | None = None, event: Event | None = None
     ) -> T:
         """Execute the run to the end and return its output, awaiting it (see :meth:`run`)."""
-        return await _execute.run_async(self, data, run_id, event)
+        try:
+            return await _execute.run_async(self, data, run_id, event)
+        except RunFailedError as exc:
+            raise exc.with_traceback(None) from exc.__cause__  # the traceback ends here, at the call
 
     def start(
         self, data: dict[str, Any] | None = None, *, run_id: str | None = None, event: Event | None = None

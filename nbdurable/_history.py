@@ -117,7 +117,14 @@ def stored_steps(client: Client, rec: RunRecord) -> list[StepInfo]:
             info.event = srec.meta.get("event")
         out.append(info)
     if rec.current_step and rec.current_step not in {s.key for s in out}:
-        out.append(StepInfo(key=rec.current_step, step_id=rec.current_step, note="in flight when its process stopped"))
+        out.append(
+            StepInfo(
+                key=rec.current_step,
+                step_id=_keys.step_id_of(rec.current_step),
+                status=StepStatus.INTERRUPTED,
+                note="in flight when the run stopped",
+            )
+        )
     return out
 
 

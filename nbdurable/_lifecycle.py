@@ -18,7 +18,7 @@ from nbdurable._events import Event
 from nbdurable._preview import preview
 from nbdurable._records import KEYS_ESCAPED, KEYS_LEGACY, DataRef, ErrorRecord, EventRecord, RunRecord
 from nbdurable._serde import codec_for
-from nbdurable._types import NO_OUTPUT, ErrorInfo, RunStatus, StepInfo, StepStatus
+from nbdurable._types import HIDE_FRAMES, NO_OUTPUT, ErrorInfo, RunStatus, StepInfo, StepStatus
 from nbdurable.errors import OutputUnserializableError, RunCancelledError, RunFailedError, RunLockedError, StepError
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 
 _PLAIN = frozenset({dict, list, tuple, str, int, float, bool, type(None), bytes})
+_IN_FLIGHT = (StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.SLEEPING, StepStatus.WAITING)
 
 
 class CancelSignal(BaseException):
@@ -92,6 +93,7 @@ class Lifecycle:
         self.last_beat = 0.0
         self.lock = threading.Lock()
         self.ended = False
+        self.interrupted_step: str | None = None
 
     def begin(self) -> None:
         """Take the lease (or raise ``RunLockedError``) and mark the run RUNNING."""
@@ -101,6 +103,9 @@ class Lifecycle:
         def build(cur: RunRecord | None, absent: bool) -> RunRecord:
             if cur is not None and cur.status.active and cur.owner is not None:
                 self.in_flight_before = cur.current_step  # its owner is gone: the lease let us in
+                state.note = "resumed after the previous execution was interrupted"
+            elif cur is not None and cur.status is RunStatus.INTERRUPTED:
+                self.in_flight_before = cur.current_step  # stopped (Ctrl-C, the stop button) mid-step
                 state.note = "resumed after the previous execution was interrupted"
             self.fresh = absent
             self.previous = cur
@@ -204,6 +209,7 @@ class Lifecycle:
         ``from_step`` names the step whose stored value the output is: it is then stored once,
         with the step, and the run record refers to it.
         """
+        __tracebackhide__ = HIDE_FRAMES
         state = self.state
         status, raise_exc, error = self._outcome(exc)
         now = self.clock.now()
@@ -227,7 +233,8 @@ class Lifecycle:
                         "updated_at": now,
                         "ended_at": now,
                         "steps": [s.key for s in state.steps],
-                        "current_step": None,
+                        # An interrupted run remembers its step in flight: it says so when it resumes.
+                        "current_step": self.interrupted_step if status is RunStatus.INTERRUPTED else None,
                         "current_since": None,
                         "error": error_record(error) if error else None,
                         "failed_step": state.failed_step,
@@ -280,8 +287,10 @@ class Lifecycle:
             )
         if not isinstance(exc, Exception):  # an interruption: resumable, nothing stored as a failure
             for step in state.steps:
-                if step.status in (StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.SLEEPING, StepStatus.WAITING):
+                if step.status in _IN_FLIGHT:
+                    step.status = StepStatus.INTERRUPTED
                     step.note = "interrupted; run again to resume"
+                    self.interrupted_step = self.interrupted_step or step.key
             return RunStatus.INTERRUPTED, exc, None
         root: BaseException = exc.__cause__ if isinstance(exc, StepError) and exc.__cause__ is not None else exc
         step_id = exc.step_id if isinstance(exc, StepError) else None

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from nbdurable._clock import Clock, Signal
 from nbdurable._process import STATE
+from nbdurable._types import HIDE_FRAMES
 
 T = TypeVar("T")
 
@@ -39,6 +40,7 @@ def run_blocking(awaitable: Awaitable[T]) -> T:
         >>> run_blocking(two())
         2
     """
+    __tracebackhide__ = HIDE_FRAMES
     loop = running_loop()
     try:
         if loop is None:
@@ -88,6 +90,7 @@ class _Interrupted(Exception):  # noqa: N818 - a carrier, never seen by users
 
 
 async def _as_coroutine(awaitable: Awaitable[T], *, temporary: bool) -> T:
+    __tracebackhide__ = HIDE_FRAMES
     if temporary:
         STATE.temporary_loops.add(asyncio.get_running_loop())
     try:

@@ -9,6 +9,7 @@ things a handle does to a run are requests (``cancel``), which the engine acts o
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 import warnings
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from nbdurable._loop import run_blocking, running_loop
 from nbdurable._process import STATE, FlightKey
-from nbdurable._types import NO_OUTPUT, ErrorInfo, NoOutput, RunStatus, StepInfo, StepStatus
+from nbdurable._types import HIDE_FRAMES, NO_OUTPUT, ErrorInfo, NoOutput, RunStatus, StepInfo, StepStatus
 from nbdurable.errors import RunCancelledError, RunFailedError
 
 if TYPE_CHECKING:
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
     from nbdurable._records import RunRecord
 
 T = TypeVar("T")
+log = logging.getLogger("nbdurable")
+"""Every change of every run, with the fields ``function``, ``run_id``, ``step_id``, ``status``,
+``attempt`` and ``event``: route it as any library's logs (silent until you configure logging)."""
+log.addHandler(logging.NullHandler())
 
 Listener = Callable[[str, "Run[Any]", "StepInfo | None"], None]
 """Called with (what happened, the run, the step concerned or None) on every state change."""
@@ -115,6 +120,7 @@ class RunState(Generic[T]):
 
     def result(self) -> T:
         """The execution's output, or its error raised; for a run read back, its stored outcome."""
+        __tracebackhide__ = HIDE_FRAMES
         if self.exception is not None:
             raise self.exception
         out = self.stored_output()
@@ -143,8 +149,15 @@ class RunState(Generic[T]):
 
     # -- listeners -----------------------------------------------------------------------------
 
+    @property
+    def observed(self) -> bool:
+        """Whether anyone hears about changes (a listener, or the ``nbdurable`` logger at DEBUG)."""
+        return bool(self.listeners) or log.isEnabledFor(logging.DEBUG)
+
     def emit(self, kind: str, step: StepInfo | None = None) -> None:
-        """Tell the listeners; a failing listener never breaks the run (it is removed, with a warning)."""
+        """Log the change and tell the listeners; a failing listener never breaks the run (it is removed)."""
+        if log.isEnabledFor(logging.DEBUG):
+            self._log(kind, step)
         for listener in tuple(self.listeners):
             try:
                 listener(kind, self.handle, step)
@@ -154,6 +167,30 @@ class RunState(Generic[T]):
                 )
                 if listener in self.listeners:
                     self.listeners.remove(listener)
+
+    def _log(self, kind: str, step: StepInfo | None) -> None:
+        """One record per change on the ``nbdurable`` logger, with structured fields for handlers."""
+        status = step.status if step is not None else self.status
+        if kind == "step_replayed":
+            level = logging.DEBUG
+        elif status in (StepStatus.FAILED, RunStatus.FAILED) or kind == "step_retrying":
+            level = logging.WARNING
+        else:
+            level = logging.INFO
+        if not log.isEnabledFor(level):
+            return
+        fields = {
+            "function": self.function_id,
+            "run_id": self.id,
+            "step_id": step.label if step is not None else None,
+            "status": "REPLAYED" if kind == "step_replayed" else status.value,
+            "attempt": step.attempts if step is not None else None,
+            "event": kind,
+        }
+        where = f" step {fields['step_id']} attempt {fields['attempt']}" if step is not None else ""
+        error = step.error if step is not None else self.error
+        detail = f": {error.name}: {error.message}" if error is not None and level >= logging.WARNING else ""
+        log.log(level, "%s/%s%s %s%s", self.function_id, self.id, where, fields["status"], detail, extra=fields)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -325,6 +362,7 @@ class Run(Generic[T]):
         Inside a running event loop whose task executes the run, the loop keeps turning. A
         run read back from the store returns its stored output (or raises its stored failure).
         """
+        __tracebackhide__ = HIDE_FRAMES
         state = self._state
         task = state.task
         if task is not None and not task.done():
@@ -345,6 +383,7 @@ class Run(Generic[T]):
         return self._await().__await__()
 
     async def _await(self) -> T:
+        __tracebackhide__ = HIDE_FRAMES
         state = self._state
         task = state.task
         if task is not None and not task.done():

@@ -20,6 +20,7 @@ from nbdurable._actions import Plan, Replayed, drive_async, drive_sync
 from nbdurable._engine import MEMBER, Execution, GroupMember
 from nbdurable._events import Event, as_events
 from nbdurable._loop import wait_sync
+from nbdurable._types import HIDE_FRAMES
 
 if TYPE_CHECKING:
     import datetime as _dt
@@ -39,6 +40,7 @@ class StepSync:
         self._ex = ex
 
     def _do(self, plan: Planned[T]) -> T:
+        __tracebackhide__ = HIDE_FRAMES
         turn = self._ex.turn()
         if turn is not None:
             wait_sync(self._ex.clock, turn, None)
@@ -160,6 +162,7 @@ class Step:
         self._ex = ex
 
     async def _do(self, plan: Planned[T]) -> T:
+        __tracebackhide__ = HIDE_FRAMES
         turn = self._ex.turn()
         if turn is not None:
             await self._ex.clock.await_signal(turn, None)

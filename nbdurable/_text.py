@@ -25,6 +25,7 @@ ICONS = {
     StepStatus.RETRYING: "\u27f3",
     StepStatus.SLEEPING: "\u231b",
     StepStatus.WAITING: "\u2709",
+    StepStatus.INTERRUPTED: "\u23f8",
 }
 COLUMNS = ("", "step", "status", "attempts", "took", "detail")
 _COUNTDOWN = {StepStatus.RETRYING: "retry in", StepStatus.SLEEPING: "wakes in", StepStatus.WAITING: "times out in"}
@@ -64,9 +65,14 @@ def countdown(step: StepInfo, now: float) -> str:
 
 
 def step_detail(step: StepInfo) -> str:
-    """Output preview or error text of a step."""
+    """Output preview or error text of a step (a wait shows the event it got, or that it timed out)."""
     if step.error is not None and step.status in (StepStatus.FAILED, StepStatus.RETRYING):
         return f"{step.error.name}: {step.error.message}"[:100]
+    if step.has_output and step.kind == "wait":
+        event = step.output
+        if event is None:
+            return "timed out"
+        return f"{getattr(event, 'name', '?')} {preview(getattr(event, 'data', None), 60)}"
     if step.has_output:
         return preview(step.output)
     return ""
@@ -84,6 +90,9 @@ def step_cells(step: StepInfo, now: float) -> list[str]:
         notes.append(wait)
     if step.note:
         notes.append(f"({step.note})")
+    failed_before = len(step.errors) - (1 if step.status in (StepStatus.FAILED, StepStatus.RETRYING) else 0)
+    if failed_before > 0 and step.status is not StepStatus.REPLAYED:
+        notes.append(f"({failed_before} earlier attempt{'s' if failed_before > 1 else ''} failed)")
     detail = step_detail(step)
     if detail:
         notes.append(detail)
@@ -150,41 +159,110 @@ def in_widget_frontend() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
+_QUIET_KINDS = frozenset({"step_started"})
+"""Outside a terminal, a step starting is not worth a line: its completion or failure says it."""
+
+
 class TextView:
-    """One line per step state change and a summary line when the run ends.
+    """The run view outside a widget front end: quiet, useful lines.
+
+    On a terminal (a TTY), one live progress line (steps done / known, the step executing,
+    the time elapsed) plus a line per failure or retry. Elsewhere (a log file, CI), a line per
+    executed step change. Replayed steps are summarized in one line either way
+    (``2,000 steps replayed in 40ms``), and the run ends with one summary line.
 
     Args:
         run: the run to follow (the view attaches as a listener at once).
-        write: where lines go (default: ``sys.stderr``).
-        now: the clock's ``now`` for countdowns.
+        write: where lines go (default: ``sys.stderr``); a custom ``write`` is never a TTY.
+        now: the clock's ``now`` for countdowns and elapsed times.
+        tty: force the terminal behaviour on or off (default: whether stderr is a TTY).
     """
 
     def __init__(
-        self, run: Run[Any], write: Callable[[str], None] | None = None, now: Callable[[], float] | None = None
+        self,
+        run: Run[Any],
+        write: Callable[[str], None] | None = None,
+        now: Callable[[], float] | None = None,
+        *,
+        tty: bool | None = None,
     ) -> None:
         self.run = run
         self._write = write
         self._now = now or _wall
+        self.tty = (write is None and sys.stderr.isatty()) if tty is None else tty
+        self._replayed = 0
+        self._replay_since: float | None = None
+        self._progress = ""
+        self._drawn_at = 0.0
         run.add_listener(self.on_event)
 
     def _emit(self, line: str) -> None:
+        self._clear_progress()
         if self._write is not None:
             self._write(line)
             return
         print(line, file=sys.stderr, flush=True)  # noqa: T201 - this is the text view
 
+    def _clear_progress(self) -> None:
+        if self._progress and self._write is None:
+            sys.stderr.write("\r" + " " * len(self._progress) + "\r")
+        self._progress = ""
+
+    def _draw_progress(self, run: Run[Any], step: StepInfo | None) -> None:
+        now = self._now()
+        if now - self._drawn_at < 0.1 and step is not None and step.status is not StepStatus.RUNNING:
+            return  # about 10 redraws a second at most
+        steps = run.steps
+        done = sum(1 for s in steps if s.status in (StepStatus.COMPLETED, StepStatus.REPLAYED))
+        current = (
+            f" \u00b7 {ICONS[StepStatus.RUNNING]} {step.label}" if step and step.status is StepStatus.RUNNING else ""
+        )
+        line = f"[{run.function_id}] {done}/{len(steps)} steps{current} \u00b7 {seconds(run.elapsed)}"
+        if self._write is not None:
+            self._write(line)
+        else:
+            padding = " " * max(0, len(self._progress) - len(line))
+            sys.stderr.write("\r" + line + padding)
+            sys.stderr.flush()
+        self._progress = line
+        self._drawn_at = now
+
+    def _flush_replays(self, run: Run[Any]) -> None:
+        if self._replayed:
+            took = self._now() - (self._replay_since or self._now())
+            noun = "step" if self._replayed == 1 else "steps"
+            icon = ICONS[StepStatus.REPLAYED]
+            self._emit(f"[{run.function_id}] {icon} {self._replayed:,} {noun} replayed in {seconds(took)}")
+            self._replayed = 0
+
     def on_event(self, kind: str, run: Run[Any], step: StepInfo | None) -> None:
-        """Listener: print the step's new state, or the summary at the end."""
-        if kind.startswith("step_") and step is not None:
-            self._emit(f"[{run.function_id}] {step_line(step, self._now())}")
-        elif kind == "run_finished":
+        """Listener: count replays, draw progress or print the step's new state, summarize at the end."""
+        if kind == "step_replayed":
+            if not self._replayed:
+                self._replay_since = self._now()
+            self._replayed += 1
+            return
+        if kind == "run_finished":
+            self._flush_replays(run)
             self._emit(f"[{run.function_id}] {run_header(run)}")
             if run.error is not None:
                 self._emit(f"[{run.function_id}]   error: {run.error.name}: {run.error.message}")
             self.close()
+            return
+        if not kind.startswith("step_") or step is None:
+            return
+        self._flush_replays(run)
+        loud = step.status in (StepStatus.FAILED, StepStatus.RETRYING, StepStatus.INTERRUPTED)
+        if self.tty and not loud:
+            self._draw_progress(run, step)
+        elif not self.tty and kind in _QUIET_KINDS:
+            return
+        else:
+            self._emit(f"[{run.function_id}] {step_line(step, self._now())}")
 
     def close(self) -> None:
-        """Stop following the run."""
+        """Stop following the run (the progress line is cleared)."""
+        self._clear_progress()
         self.run.remove_listener(self.on_event)
 
 

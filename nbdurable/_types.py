@@ -6,6 +6,7 @@ import dataclasses
 import datetime as _dt
 import enum
 import math
+import os
 import random
 from typing import Any, Final, Literal
 
@@ -58,6 +59,10 @@ class Sentinel(enum.Enum):
         return self.value
 
 
+HIDE_FRAMES: Final = os.environ.get("NBDURABLE_DEBUG", "") in ("", "0")
+"""nbdurable's own frames are hidden from tracebacks IPython shows (``__tracebackhide__``), so a
+failing step points at the user's code; ``NBDURABLE_DEBUG=1`` (or ``%xmode --show``) shows them."""
+
 NO_OUTPUT: Final = Sentinel.NO_OUTPUT
 NO_TYPE: Final = Sentinel.NO_TYPE
 UNREADABLE: Final = Sentinel.UNREADABLE
@@ -102,7 +107,12 @@ def timestamp_of(value: Any, what: str) -> float:
 
 
 class StepStatus(str, enum.Enum):
-    """Where a step is. ``REPLAYED`` appears in views only: the stored status is COMPLETED."""
+    """Where a step is.
+
+    ``REPLAYED`` appears in views only (the stored status is COMPLETED), as does
+    ``INTERRUPTED``: the step in flight when its run was interrupted (it executes again when
+    the run resumes).
+    """
 
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"
@@ -111,6 +121,7 @@ class StepStatus(str, enum.Enum):
     SLEEPING = "SLEEPING"
     WAITING = "WAITING"
     REPLAYED = "REPLAYED"
+    INTERRUPTED = "INTERRUPTED"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +198,8 @@ class StepInfo:
     output: Any = None
     has_output: bool = False
     error: ErrorInfo | None = None
+    errors: list[ErrorInfo] = dataclasses.field(default_factory=list)
+    """The errors of this execution's earlier attempts (the latest is ``error``)."""
     stale: bool = False
     note: str = ""
     deadline: float | None = None

@@ -16,7 +16,7 @@ import ipywidgets as widgets
 
 from nbdurable._clock import SYSTEM_CLOCK, Clock
 from nbdurable._run import Run
-from nbdurable._text import countdown, seconds, step_cells, step_line
+from nbdurable._text import column_widths, countdown, seconds, step_cells, step_line
 from nbdurable._types import RunStatus, StepInfo, StepStatus
 
 COLORS = {
@@ -27,6 +27,7 @@ COLORS = {
     StepStatus.RETRYING: "#bc4c00",
     StepStatus.SLEEPING: "#8250df",
     StepStatus.WAITING: "#8250df",
+    StepStatus.INTERRUPTED: "#bc4c00",
 }
 BAR_STYLES = {
     RunStatus.QUEUED: "",
@@ -42,18 +43,46 @@ _DONE = (StepStatus.COMPLETED, StepStatus.REPLAYED)
 
 
 _TABLE = "border-collapse:collapse;font-family:monospace;font-size:12px"
+
 _CELL = "padding:0 8px 0 0;white-space:nowrap;text-align:left"
 
-MAX_ROWS = 100
-"""Rows drawn at most: the latest steps, plus every earlier one that is not done."""
+GROUP_FROM = 50
+"""Past this many steps the view groups them: counts per status, every step not done, the last few done."""
+LAST_DONE = 10
 
 
-def visible_steps(steps: list[StepInfo]) -> list[StepInfo]:
-    """The steps the view draws a row for: all of them, or the latest ``MAX_ROWS`` and the unfinished."""
-    if len(steps) <= MAX_ROWS:
+def visible_steps(steps: list[StepInfo], show_all: bool = False) -> list[StepInfo]:
+    """The steps the view draws a row for: all of them, or a group past ``GROUP_FROM``.
+
+    A group keeps every step not done (failed, retrying, running, waiting, interrupted) and
+    the last ``LAST_DONE`` done.
+    """
+    if show_all or len(steps) <= GROUP_FROM:
         return steps
-    cut = len(steps) - MAX_ROWS
-    return [s for s in steps[:cut] if s.status not in _DONE] + steps[cut:]
+    tail = len(steps) - LAST_DONE
+    return [s for i, s in enumerate(steps) if i >= tail or s.status not in _DONE]
+
+
+def status_counts(steps: list[StepInfo]) -> str:
+    """``9,990 replayed · 3 failed · 1 running``: how many steps are in each status."""
+    counts: dict[str, int] = {}
+    for step in steps:
+        word = "replayed" if step.replayed else step.status.value.lower()
+        counts[word] = counts.get(word, 0) + 1
+    return " \u00b7 ".join(f"{n:,} {word}" for word, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _earlier_attempts(step: StepInfo) -> str:
+    """The errors of a step's earlier attempts, folded (the latest one is already in its row)."""
+    latest_shown = step.status in (StepStatus.FAILED, StepStatus.RETRYING)
+    earlier = step.errors[:-1] if latest_shown else step.errors
+    if not earlier:
+        return ""
+    items = "".join(
+        f"<div>attempt {i}: {html.escape(f'{e.name}: {e.message}'[:200])}</div>" for i, e in enumerate(earlier, 1)
+    )
+    noun = "attempt" if len(earlier) == 1 else "attempts"
+    return f" <details style='display:inline'><summary>{len(earlier)} earlier {noun} failed</summary>{items}</details>"
 
 
 class RunView:
@@ -99,10 +128,17 @@ class RunView:
         """The step rows: one HTML widget (thousands of steps must not mean thousands of widgets)."""
         self.buttons = widgets.HBox()
         """A "send" button per step waiting for an event."""
+        self.show_all = widgets.ToggleButton(
+            value=False, description="show all steps", layout=widgets.Layout(display="none", width="auto")
+        )
+        """Past ``GROUP_FROM`` steps: draw a row for every step."""
+        self.show_all.observe(lambda _change: self.redraw(), names="value")
         self._row_cache: dict[str, tuple[Any, str]] = {}
         self._buttons: dict[str, widgets.Button] = {}
         self._shown: list[StepInfo] = []
-        self._widget = widgets.VBox([self.header, widgets.HBox([self.bar, self.bar_label]), self.rows, self.buttons])
+        self._widget = widgets.VBox(
+            [self.header, widgets.HBox([self.bar, self.bar_label]), self.rows, self.show_all, self.buttons]
+        )
         run.add_listener(self._on_event)
         self.redraw()
 
@@ -176,15 +212,18 @@ class RunView:
                 self.bar.bar_style = style
                 self._failed = style == "danger"
             self.bar_label.value = f"&nbsp;{done}/{len(steps)} steps"
-            shown = visible_steps(steps)
+            grouped = len(steps) > GROUP_FROM
+            shown = visible_steps(steps, self.show_all.value)
             self._shown = shown
             hidden = len(steps) - len(shown)
             parts = [self._row_html(step, now) for step in shown]
             if hidden:
-                parts.insert(
-                    0, f"<tr><td colspan='6' style='color:#57606a'>\u2026 {hidden} earlier steps done</td></tr>"
-                )
+                summary = f"{status_counts(steps)} \u00b7 showing {len(shown):,} of {len(steps):,} steps"
+                parts.insert(0, f"<tr><td colspan='6' style='color:#57606a'>{html.escape(summary)}</td></tr>")
             self.rows.value = f"<table style='{_TABLE}'>{''.join(parts)}</table>" if parts else ""
+            if grouped:
+                self.show_all.layout.display = "flex"
+                self.show_all.description = "group steps" if self.show_all.value else f"show all {len(steps):,} steps"
             self._draw_buttons(steps)
 
     def _draw_buttons(self, steps: list[StepInfo]) -> None:
@@ -195,7 +234,13 @@ class RunView:
             self._buttons.pop(key).close()
         for key, step in waiting.items():
             if key not in self._buttons:
-                button = widgets.Button(description=f"send {step.event}", button_style="primary", icon="paper-plane")
+                button = widgets.Button(
+                    description=f"send {step.event}",
+                    tooltip=f"send the event {step.event} with this run's data",
+                    button_style="primary",
+                    icon="paper-plane",
+                    layout=widgets.Layout(width="auto"),  # the whole event name, never cut
+                )
                 button.on_click(lambda _b, step=step: self.send(step))
                 if self.run.blocking:  # the kernel is busy in this very cell: a click could not arrive
                     button.disabled = True
@@ -233,7 +278,16 @@ class RunView:
 
     def _row_html(self, step: StepInfo, now: float) -> str:
         """A step's row; rebuilt only when the step changed (or shows a countdown)."""
-        signature = (step.status, step.attempts, step.duration, step.stale, step.note, step.error, step.has_output)
+        signature = (
+            step.status,
+            step.attempts,
+            step.duration,
+            step.stale,
+            step.note,
+            step.error,
+            step.has_output,
+            len(step.errors),
+        )
         cached = self._row_cache.get(step.key)
         if cached is not None and cached[0] == signature and not countdown(step, now):
             return cached[1]
@@ -241,7 +295,9 @@ class RunView:
         style = f"color:{color}"
         if step.replayed:
             style += ";opacity:0.6;font-style:italic"
-        cells = "".join(f"<td style='{_CELL}'>{html.escape(cell)}</td>" for cell in step_cells(step, now))
+        texts = [html.escape(cell) for cell in step_cells(step, now)]
+        texts[-1] += _earlier_attempts(step)
+        cells = "".join(f"<td style='{_CELL}'>{text}</td>" for text in texts)
         row = f"<tr style='{style}'>{cells}</tr>"
         self._row_cache[step.key] = (signature, row)
         return row
@@ -266,8 +322,11 @@ class RunView:
         )
         hidden = len(steps) - len(self._shown)
         if hidden:
-            lines.append(f"  \u2026 {hidden} earlier steps done")
-        lines += ["  " + step_line(s, now) + ("  [send]" if s.key in self._buttons else "") for s in self._shown]
+            lines.append(f"  {status_counts(steps)} \u00b7 showing {len(self._shown):,} of {len(steps):,} steps")
+        widths = column_widths(self._shown, now)
+        lines += [
+            "  " + step_line(s, now, widths) + ("  [send]" if s.key in self._buttons else "") for s in self._shown
+        ]
         if run.error is not None:
             lines.append(f"  error: {run.error.name}: {run.error.message}")
         return "\n".join(lines)

@@ -155,7 +155,7 @@ def test_sigkill_mid_step_then_a_new_kernel_resumes(kernels, tmp_path) -> None:
     result = [o["data"]["text/plain"] for o in outputs if o["type"] == "execute_result"]
     assert result == ["'ABC'"]
     lines = "".join(o.get("text", "") for o in outputs if o["type"] == "stream")
-    assert "\u21bb a" in lines
+    assert "\u21bb 1 step replayed" in lines  # a, summarized
     assert "previous attempt never finished" in lines
     assert log.read_text().split() == ["a", "b", "b", "c"]
 
@@ -178,7 +178,7 @@ def test_interrupt_mid_step_leaves_the_run_interrupted_and_rerun_completes_with_
         "r = client.runs('pipe')[0]\n"
         "print(r.status.value, [(s.key, s.status.value, s.attempts) for s in client.get_run(r.id).steps])"
     )
-    assert state.strip() == "INTERRUPTED [('a', 'COMPLETED', 1)]"
+    assert state.strip() == "INTERRUPTED [('a', 'COMPLETED', 1), ('b', 'INTERRUPTED', 0)]"
     gate.unlink()
     status, outputs = k.run("pipe.run()")
     assert status == "ok"

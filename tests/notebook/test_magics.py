@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -583,3 +584,36 @@ def test_resume_finds_on_failure_functions(ip) -> None:
     eventually(lambda: [r.status for r in client.runs("job-failure")] == [nbdurable.RunStatus.INTERRUPTED])
     ip.run_line_magic("nbdurable", "resume --all")
     assert ip.user_ns["done"].wait(5)
+
+
+FAILING = """
+import nbdurable
+tb_client = nbdurable.Client("tb", backoff=nbdurable.Backoff(initial=0, jitter=0))
+def fetch():
+    raise ValueError("bad row 7")
+@tb_client.create_function(fn_id="tb", retries=0)
+def tb(ctx):
+    return ctx.step.run("fetch", fetch)
+"""
+
+
+def test_a_failing_step_traceback_shows_the_users_lines_not_nbdurables(ip, capsys) -> None:
+    """The handler's line and the cell's run() call are shown; the engine's frames are folded away."""
+    load(ip)
+    ip.run_cell(FAILING)
+    capsys.readouterr()
+    ip.run_cell("tb.run()")
+    shown = capsys.readouterr()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", shown.out + shown.err)  # without colours
+    assert 'raise ValueError("bad row 7")' in text
+    assert "tb.run()" in text
+    assert "RunFailedError" in text
+    assert "skipping hidden" in text
+    frames = re.findall(r", in (\S+)\(", text)  # the header of every frame shown
+    assert [f for f in frames if f != "fetch"] == ["Function.run"]  # the one line that raises
+    ip.run_line_magic("xmode", "--show")  # one switch away, for debugging nbdurable itself
+    try:
+        ip.run_cell("tb.run()")
+        assert ", in _call_sync(" in re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
+    finally:
+        ip.run_line_magic("xmode", "--hide")

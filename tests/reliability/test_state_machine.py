@@ -248,7 +248,7 @@ class DurableRunMachine(RuleBasedStateMachine):
                     steps.append((name, nbdurable.StepStatus.COMPLETED, attempts, False))
                     break
                 if kind == "interrupt":
-                    steps.append((name, nbdurable.StepStatus.RUNNING, attempts, False))
+                    steps.append((name, nbdurable.StepStatus.INTERRUPTED, attempts, False))
                     self.status = nbdurable.RunStatus.INTERRUPTED
                     return steps, warned, None
                 failures += 1

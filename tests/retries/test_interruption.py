@@ -168,3 +168,31 @@ async def test_cancelling_run_async_of_a_sync_function_interrupts_it(client: nbd
     assert count.calls == {"slow": 1}
     assert await bg.run_async() == ["slow", "next"]
     assert count.calls == {"slow": 1, "next": 1}
+
+
+def test_an_interrupted_step_reads_interrupted_and_says_so_when_it_resumes(client) -> None:
+    """Ctrl-C mid-step: the step shows INTERRUPTED (not running); the next execution says it never finished."""
+    stop = {"b": True}
+
+    def b() -> str:
+        if stop.pop("b", False):
+            raise KeyboardInterrupt
+        return "B"
+
+    @client.create_function(fn_id="two")
+    def two(ctx: nbdurable.ContextSync) -> list[str]:
+        return [ctx.step.run("a", lambda: "A"), ctx.step.run("b", b)]
+
+    shown: list[nbdurable.Run[Any]] = []
+    STATE.run_hooks.append(shown.append)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            two.run()
+        assert [(s.label, s.status) for s in shown[0].steps] == [
+            ("a", nbdurable.StepStatus.COMPLETED),
+            ("b", nbdurable.StepStatus.INTERRUPTED),
+        ]
+        assert two.run() == ["A", "B"]
+    finally:
+        STATE.run_hooks.remove(shown.append)
+    assert shown[1].steps[1].note == "previous attempt never finished"

@@ -15,8 +15,13 @@ from nbdurable._process import STATE
 from nbdurable._run import Run, RunState
 from nbdurable._text import TextView
 from nbdurable._types import ErrorInfo, RunStatus, StepInfo, StepStatus
-from nbdurable._view import MAX_ROWS, RunView
+from nbdurable._view import GROUP_FROM, LAST_DONE, RunView
 from nbdurable.testing import FakeClock
+
+
+def _flat(text: str) -> str:
+    """Text with runs of spaces made one (columns are padded to line up)."""
+    return " ".join(text.split())
 
 
 @pytest.fixture
@@ -58,8 +63,8 @@ def test_completed_run_draws_green_full_bar_and_a_row_per_step(client, views) ->
     assert (view.bar.value, view.bar.max) == (2, 2)
     assert view.rows.value.count("<tr") == 2
     rows = view.text().splitlines()[2:]
-    assert rows[0].startswith("  \u2714 extract  completed  1/4")
-    assert "score  completed  2/4" in rows[1]
+    assert _flat(rows[0]).startswith("\u2714 extract completed 1/4")
+    assert "score completed 2/4 0µs (1 earlier attempt failed)" in _flat(rows[1])
     assert "COMPLETED" in view.header.value
     assert etl.id in view.header.value
 
@@ -75,7 +80,7 @@ def test_replayed_rows_are_distinct_from_executed_ones(client, views) -> None:
     first_row = view.rows.value.split("</tr>")[0]
     assert "opacity:0.6" in first_row
     assert "font-style:italic" in first_row
-    assert "\u21bb extract  replayed" in view.text()
+    assert "\u21bb extract replayed" in _flat(view.text())
 
 
 def test_countdown_while_a_step_waits_to_retry(clock) -> None:
@@ -103,7 +108,7 @@ def test_failed_run_keeps_its_red_bar(client, views) -> None:
         etl.run()
     view = views[0]
     assert view.bar.bar_style == "danger"
-    assert "\u2718 score  failed  2/2" in view.text()
+    assert "\u2718 score failed 2/2" in _flat(view.text())
     assert "ConnectionError" in view.header.value
     with pytest.raises(nbdurable.RunFailedError):
         etl.run()  # a later execution, drawn into the same view
@@ -173,21 +178,28 @@ def test_waiting_step_has_a_send_button_that_sends_the_awaited_event(clock) -> N
     assert view.buttons.children == ()
 
 
-def test_long_runs_draw_the_latest_rows_and_every_unfinished_one(clock) -> None:
-    """Past MAX_ROWS steps, the view draws the latest ones, earlier unfinished ones, and a count of the rest."""
+def test_long_runs_are_grouped_with_counts_every_unfinished_step_and_the_last_done(clock) -> None:
+    """10,000 steps: a count per status, the failed and running steps, the last few done; a toggle shows all."""
     state: RunState[Any] = RunState(None, "etl", "r1", nbdurable.Event("x"))
     run = state.handle
     view = RunView(run, clock=clock, min_interval=0)
     state.steps.append(StepInfo(key="early-failure", step_id="early-failure", status=StepStatus.FAILED, attempts=1))
-    for i in range(MAX_ROWS + 10):
+    for i in range(10_000):
         state.steps.append(StepInfo(key=f"s{i}", step_id=f"s{i}", status=StepStatus.COMPLETED, attempts=1))
-    state.emit("step_completed", state.steps[-1])
+    state.steps.append(StepInfo(key="now", step_id="now", status=StepStatus.RUNNING, attempts=1))
+    state.emit("step_started", state.steps[-1])
     text = view.text().splitlines()
-    assert text[2] == "  \u2026 10 earlier steps done"
-    assert text[3].startswith("  \u2718 early-failure  failed")
-    assert text[4].startswith("  \u2714 s10  completed")
-    assert len(text) == 4 + MAX_ROWS
-    assert view.rows.value.count("<tr") == MAX_ROWS + 2
+    assert text[2] == "  10,000 completed \u00b7 1 failed \u00b7 1 running \u00b7 showing 11 of 10,002 steps"
+    assert text[3].startswith("  \u2718 early-failure")
+    assert text[4].split()[:3] == ["\u2714", "s9991", "completed"]
+    assert text[-1].split()[:3] == ["\u25b6", "now", "running"]
+    assert len(text) == 3 + 1 + (LAST_DONE - 1) + 1
+    assert view.rows.value.count("<tr") == 1 + 11
+    assert view.show_all.layout.display == "flex"
+    assert view.show_all.description == "show all 10,002 steps"
+    view.show_all.value = True  # a click
+    assert view.rows.value.count("<tr") == 10_002
+    assert GROUP_FROM == 50
 
 
 def test_close_detaches_the_view(clock) -> None:
@@ -202,18 +214,55 @@ def test_close_detaches_the_view(clock) -> None:
     assert state.listeners == []
 
 
-def test_text_view_prints_a_line_per_step_change_and_a_summary(client, capsys) -> None:
-    """Outside a widget front end, run() prints each step state change and a summary line to stderr."""
+def test_text_view_off_a_terminal_prints_executed_changes_and_a_summary(client, capsys) -> None:
+    """Off a TTY (a log, CI), run() prints each executed step change (not their starts) and a summary line."""
     etl, _ = _flaky_etl(client, failures=1)
     etl.run()
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith("[etl] \u25b6 extract")
-    assert any("\u27f3 score" in line and "retrying" in line and "ConnectionError" in line for line in err)
+    assert [_flat(line).split()[1:4] for line in err[:-1]] == [
+        ["\u2714", "extract", "completed"],
+        ["\u27f3", "score", "retrying"],
+        ["\u2714", "score", "completed"],
+    ]
+    assert "ConnectionError" in err[1]
     assert err[-1].startswith("[etl] etl / ")
     assert "COMPLETED" in err[-1]
-    assert sum("  running  " in line for line in err) == 3  # extract, score, score again
-    assert etl.run() == 9
-    assert all("replayed" in line for line in capsys.readouterr().err.splitlines()[:2])
+
+
+def test_replays_are_summarized_in_one_line(client, capsys) -> None:
+    """A run whose steps all replay prints one line for them, not a line per step."""
+    calls = []
+
+    @client.create_function(fn_id="many")
+    def many(ctx: nbdurable.ContextSync) -> int:
+        return sum(ctx.step.run("item", lambda i=i: calls.append(i) or i) for i in range(2000))
+
+    many.run()
+    capsys.readouterr()
+    assert many.run() == sum(range(2000))
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2
+    assert err[0].startswith("[many] \u21bb 2,000 steps replayed in ")
+    assert len(calls) == 2000
+
+
+def test_on_a_terminal_one_progress_line_and_a_line_per_failure(client) -> None:
+    """On a TTY: progress redrawn in place, a full line for the retry, the summary at the end."""
+    lines: list[str] = []
+    shown: list[Any] = []
+    etl, _ = _flaky_etl(client, failures=1)
+    STATE.run_hooks.append(lambda run: shown.append(TextView(run, write=lines.append, tty=True)))
+    try:
+        etl.run()
+    finally:
+        STATE.run_hooks.pop()
+    progress = [line for line in lines if " steps" in line and line.startswith("[etl] ") and "/" in line.split()[1]]
+    assert progress
+    assert progress[0].startswith("[etl] 0/1 steps \u00b7 \u25b6 extract")
+    retry = [line for line in lines if "\u27f3 score" in line]
+    assert len(retry) == 1
+    assert "ConnectionError" in retry[0]
+    assert lines[-1].startswith("[etl] etl / ")
 
 
 def test_view_off_silences_run_output(client, capsys, monkeypatch) -> None:
@@ -281,7 +330,7 @@ def test_rerun_after_a_failure_draws_a_fresh_view(client, clock, monkeypatch) ->
     assert made[0].bar.bar_style == "danger"
     assert etl.run() == 9
     assert made[1].bar.bar_style == "success"
-    assert "score  completed" in made[1].text()
+    assert "score completed" in _flat(made[1].text())
 
 
 def test_send_button_is_disabled_while_a_cell_blocks_on_the_run(client, clock, monkeypatch) -> None:
@@ -321,3 +370,69 @@ def _wait_for_view(made: list[RunView]) -> Run[Any]:
 
     eventually(lambda: made)
     return made[0].run
+
+
+def test_every_change_goes_to_the_nbdurable_logger_with_structured_fields(client, caplog) -> None:
+    """Retries warn, completions inform, replays are DEBUG; each record carries function, run, step, status, attempt."""
+    import logging
+
+    etl, _ = _flaky_etl(client, failures=1)
+    with caplog.at_level(logging.DEBUG, logger="nbdurable"):
+        etl.run()
+        etl.run()
+    records = [r for r in caplog.records if r.name == "nbdurable"]
+    fields = [(r.levelname, r.step_id, r.status, r.attempt) for r in records if r.step_id is not None]
+    assert ("WARNING", "score", "RETRYING", 1) in fields
+    assert ("INFO", "score", "COMPLETED", 2) in fields
+    assert ("DEBUG", "score", "REPLAYED", 2) in fields
+    assert {r.function for r in records} == {"etl"}
+    assert all(r.run_id == etl.runs()[0].id for r in records)
+    assert any(r.event == "run_finished" and r.status == "COMPLETED" for r in records)
+
+
+def test_a_timed_out_wait_says_so_and_a_resolved_one_names_its_event(client, clock) -> None:
+    """A wait that timed out reads 'timed out' (not null); one that got its event shows its name and data."""
+    from tests.waiting import waiting_step
+
+    @client.create_function(fn_id="approve")
+    def approve(ctx: nbdurable.ContextSync) -> Any:
+        return ctx.step.wait_for_event("ok", event="app/ok", timeout=60_000)
+
+    late = approve.start({"n": 1})
+    waiting_step(late, "ok")
+    clock.advance(61)
+    assert late.wait(5) is None
+    assert "timed out" in _flat(RunView(late, clock=clock, min_interval=0).text())
+
+    got = approve.start({"n": 2})
+    waiting_step(got, "ok")
+    client.send_sync(nbdurable.Event("app/ok", {"by": "ada"}))
+    got.wait(5)
+    assert "app/ok {'by': 'ada'}" in _flat(RunView(got, clock=clock, min_interval=0).text())
+
+
+def test_earlier_attempts_errors_are_kept_and_folded_in_the_row(client, views) -> None:
+    """A step that needed 2 attempts says so, and its row holds the earlier error behind a fold."""
+    etl, _ = _flaky_etl(client, failures=1)
+    etl.run()
+    row = views[0].rows.value.split("</tr>")[1]
+    assert "<details" in row
+    assert "1 earlier attempt failed" in row
+    assert "attempt 1: ConnectionError: the API timed out" in row
+
+
+def test_the_send_button_shows_the_whole_event_name(client, clock) -> None:
+    from tests.waiting import eventually, waiting_step
+
+    @client.create_function(fn_id="approve")
+    def approve(ctx: nbdurable.ContextSync) -> Any:
+        return ctx.step.wait_for_event("ok", event="app/approved-by-finance", timeout=60_000)
+
+    run = approve.start()
+    waiting_step(run, "ok")
+    view = RunView(run, clock=clock, min_interval=0)
+    button = eventually(lambda: view.buttons.children)[0]
+    assert button.description == "send app/approved-by-finance"
+    assert button.layout.width == "auto"
+    clock.advance(61)
+    run.wait(5)
