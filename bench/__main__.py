@@ -25,6 +25,7 @@ def run_all(sizes: Sizes, workdir: str, *, explain: bool) -> tuple[list[Row], bo
         ("linear replay", ["3"], lambda: [_rows.linear_row(ws, sizes)]),
         ("DBOS", ["4a", "4b"], lambda: _rows.dbos_rows(ws, sizes)),
         ("view", ["6"], lambda: [_rows.view_row(ws, sizes)]),
+        ("view, 10,000 steps", ["6b"], lambda: [_rows.view_row(ws, sizes, large=True)]),
         ("import", ["7"], lambda: [_rows.import_row(sizes)]),
         ("data steps", ["8", "9"], lambda: _data_rows.step_rows(workdir, sizes)),
         ("%%step data", ["10a", "10b"], lambda: _data_rows.cell_rows(workdir, sizes)),

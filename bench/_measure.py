@@ -25,6 +25,7 @@ class Sizes:
     view_steps: int
     import_runs: int
     data_sizes: tuple[int, ...] = (100_000,)  # rows 8-13: bytes of the arrays and frames
+    view_steps_large: int = 60  # row 6b: past the view's grouping bound
 
 
 FULL = Sizes(
@@ -39,6 +40,7 @@ FULL = Sizes(
     view_steps=2000,
     import_runs=15,
     data_sizes=(100_000, 10_000_000, 1_000_000_000),
+    view_steps_large=10_000,
 )
 TINY = Sizes(
     steps=20,
