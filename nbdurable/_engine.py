@@ -17,15 +17,13 @@ from typing import TYPE_CHECKING, Any
 from nbdurable import _keys
 from nbdurable._actions import IN_HANDLER, Call, Plan, Replayed, Runner, Sleep
 from nbdurable._clock import Signal
-from nbdurable._codecs import codec_for as data_codec_for
-from nbdurable._codecs import registry
-from nbdurable._diskcompat import Unreadable
 from nbdurable._fingerprint import fingerprint
 from nbdurable._lifecycle import CancelSignal, LeaseLost, Lifecycle, error_info, error_record
 from nbdurable._process import STATE
 from nbdurable._records import DataRef, StepRecord
-from nbdurable._serde import JSON, PICKLE, Codec, codec_for, return_annotation
+from nbdurable._serde import Codec, codec_for, return_annotation
 from nbdurable._types import CORRUPT, HIDE_FRAMES, MISSING, UNREADABLE, ErrorInfo, StepInfo, StepStatus
+from nbdurable._values import StepValues
 from nbdurable.errors import (
     NestedStepError,
     NonRetriableError,
@@ -126,7 +124,9 @@ class Execution:
         self.preloaded: dict[str, bytes | None] | None = None
         self.replaying = False
         """True until a step executes: ``ctx.logger`` stays silent meanwhile."""
-        self.data_folder = self.store.data_folder(client.app_id, fn.id, state.id)
+        self.values = StepValues(
+            self.store, fn.id, self.store.data_folder(client.app_id, fn.id, state.id), mmap=client.mmap
+        )
         self.last_output: tuple[Any, str] | None = None
         """The latest step's value and key: a run returning it stores it once, with the step."""
 
@@ -278,69 +278,15 @@ class Execution:
             STATE.handler_meta.put(key, (codec, fp))
         return codec, None if ignore else fp
 
-    def safe_codec(self, key: str, stored: str, codec: Codec) -> Codec | None:
-        """The codec to rebuild a stored output with, or None when it must not be loaded.
-
-        A pickle is loaded only where the reader chose pickle, and only from a store this user
-        created (``_trust``): a store folder someone handed over never runs code here.
-        """
-        if stored == "pickle":
-            if codec.name != "pickle":
-                warnings.warn(
-                    f"nbdurable: step {_keys.label(key)!r} of {self.fn.id!r} is stored as a pickle, but "
-                    f"{self.fn.id!r} uses the json serializer, and pickles are loaded only where "
-                    "serializer='pickle' was chosen; the step executes again.",
-                    RuntimeWarning,
-                    stacklevel=5,
-                )
-                return None
-            if not self.store.trusted:
-                self.store.warn_untrusted()
-                return None
-            return PICKLE
-        return JSON if stored != codec.name else codec
-
-    def read_data(self, key: str, ref: DataRef) -> Any:
-        """A value stored in a data file, or ``UNREADABLE`` (with a warning) so the step executes again."""
-        try:
-            codec = registry.named(ref.codec)
-        except KeyError:
-            value: Any = Unreadable(f"its codec {ref.codec!r} is not registered in this process")
-        else:
-            value = self.store.read_data(ref, codec, mmap=self.client.mmap and ref.size >= MMAP_FROM)
-        if isinstance(value, Unreadable):
-            warnings.warn(
-                f"nbdurable: the stored output of step {_keys.label(key)!r} cannot be read ({value.reason}); "
-                "the step executes again.",
-                RuntimeWarning,
-                stacklevel=5,
-            )
-            return UNREADABLE
-        self.last_output = (value, key)
-        return value
-
-    def stored_value(self, key: str, load: Callable[[bytes], Any], payload: bytes) -> Any:
-        """A stored output rebuilt by ``load``, or ``UNREADABLE`` (with a warning) so the step executes again."""
-        try:
-            return load(payload)
-        except Exception as exc:  # noqa: BLE001 - an unreadable output is re-executed, never a crash
-            warnings.warn(
-                f"nbdurable: the stored output of step {_keys.label(key)!r} cannot be rebuilt "
-                f"({type(exc).__name__}: {exc}); the step executes again.",
-                RuntimeWarning,
-                stacklevel=5,
-            )
-            return UNREADABLE
-
     def replay(
         self, key: str, step_id: str, rec: StepRecord, payload: bytes, codec: Codec, stale: bool
     ) -> Replayed[Any] | None:
         """Rebuild a stored output; None when it cannot be read (the step then executes again)."""
         if rec.data is not None:
-            value = self.read_data(key, rec.data)
+            value = self.values.read_data(key, rec.data)
         else:
-            safe = self.safe_codec(key, rec.serializer, codec)
-            value = UNREADABLE if safe is None else self.stored_value(key, safe.loads, payload)
+            safe = self.values.safe_codec(key, rec.serializer, codec)
+            value = UNREADABLE if safe is None else self.values.stored_value(key, safe.loads, payload)
         if value is UNREADABLE:
             return None
         if stale:
@@ -429,7 +375,7 @@ class Execution:
         now = self.clock.now()
         data = None
         try:
-            data = self.write_data(p.key, value, p.codec)
+            data = self.values.write_data(p.key, value, p.codec)
             if data is None:
                 payload = p.codec.dumps(value, p.key)
                 out = p.codec.loads(payload)
@@ -463,21 +409,6 @@ class Execution:
         if self.state.observed:
             self.state.emit("step_completed", info)
         return out
-
-    def write_data(self, key: str, value: Any, codec: Codec) -> DataRef | None:
-        """Store a data value (array, frame, table...) in a file of its own; None for other values."""
-        if type(value) in _PLAIN:
-            return None
-        data_codec = data_codec_for(value)
-        if data_codec is None:
-            return None
-        try:
-            return self.store.write_data(self.data_folder, data_codec, value)
-        except OutputUnserializableError as exc:
-            if codec.name == "pickle":
-                return None  # the user chose pickle: it stores what the data codec cannot
-            msg = f"step {_keys.label(key)!r}: {exc}"
-            raise OutputUnserializableError(msg) from None
 
     def fail(self, p: Pending, started: float) -> None:
         """Record a step that failed for good in this execution."""

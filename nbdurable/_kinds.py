@@ -161,7 +161,7 @@ def plan_wait(
     key = ex.step_key(step_id, "wait_for_event")
     got = ex.lookup(key)
     if got is not None and got[0].status == "COMPLETED":
-        value = ex.stored_value(key, _load_event, got[1])
+        value = ex.values.stored_value(key, _load_event, got[1])
         if value is not UNREADABLE:
             return ex.replayed(key, step_id, got[0], value, event)
         got = None
@@ -244,8 +244,8 @@ def plan_invoke(ex: Execution, step_id: Any, function: Function[T], data: Any, t
     codec = codec_for(ex.serializer, function.output_type if function.output_type is not None else NO_TYPE)
     got = ex.lookup(key)
     if got is not None and got[0].status == "COMPLETED":
-        safe = ex.safe_codec(key, got[0].serializer, codec)
-        value = UNREADABLE if safe is None else ex.stored_value(key, safe.loads, got[1])
+        safe = ex.values.safe_codec(key, got[0].serializer, codec)
+        value = UNREADABLE if safe is None else ex.values.stored_value(key, safe.loads, got[1])
         if value is not UNREADABLE:
             return ex.replayed(key, step_id, got[0], value)
     ex.replaying = False
@@ -319,7 +319,7 @@ def plan_send(ex: Execution, step_id: Any, events: list[Event]) -> Replayed[list
     key = ex.step_key(step_id, "send_event")
     got = ex.lookup(key)
     if got is not None and got[0].status == "COMPLETED":
-        ids = ex.stored_value(key, JSON.loads, got[1])
+        ids = ex.values.stored_value(key, JSON.loads, got[1])
         if ids is not UNREADABLE:  # else the events are sent again: at-least-once, never lost
             return ex.replayed(key, step_id, got[0], ids)
     ex.replaying = False

@@ -17,6 +17,8 @@ LAYERS: list[set[str]] = [
     {  # data, store
         "_preview",
         "_hashing",
+        "_codec_base",
+        "_frames",
         "_codecs",
         "_serde",
         "_fingerprint",
@@ -32,6 +34,7 @@ LAYERS: list[set[str]] = [
         "_run",
         "_actions",
         "_lifecycle",
+        "_values",
         "_engine",
         "_kinds",
         "_step",
