@@ -65,6 +65,7 @@ class GroupMember:
 
 MMAP_FROM = 1 << 20
 """Data files from this size up are memory-mapped on replay (copy-on-write), when the client allows it."""
+_ABSENT: Any = object()
 _PLAIN = frozenset({dict, list, tuple, str, int, float, bool, type(None), bytes})
 
 MEMBER: contextvars.ContextVar[GroupMember | None] = contextvars.ContextVar("nbdurable_member", default=None)
@@ -124,6 +125,8 @@ class Execution:
         self.preloaded: dict[str, bytes | None] | None = None
         self.replaying = False
         """True until a step executes: ``ctx.logger`` stays silent meanwhile."""
+        self.logged = state.observed
+        """Whether the ``nbdurable`` logger hears step changes (checked once: steps are many)."""
         self.values = StepValues(
             self.store, fn.id, self.store.data_folder(client.app_id, fn.id, state.id), mmap=client.mmap
         )
@@ -192,7 +195,8 @@ class Execution:
         self.check_cancel()
         if self.life.lease.lost:
             raise LeaseLost
-        _keys.check_id(step_id, "step id", f"ctx.step.{tool}('fetch-users', ...)")
+        if type(step_id) is not str or step_id not in _keys.CHECKED:
+            _keys.check_id(step_id, "step id", f"ctx.step.{tool}('fetch-users', ...)")
         member = MEMBER.get()
         if member is None:
             return self.numbered(None, step_id)
@@ -208,6 +212,8 @@ class Execution:
         with self.key_lock:
             n = counts.get(step_id, 0)
             counts[step_id] = n + 1
+        if scope is None and n == 0 and not self.life.legacy_keys:  # the common case, on every step
+            return _keys.ESCAPED.get(step_id) or _keys.escape(step_id)
         return _keys.step_key(None if scope is None else scope.first, step_id, n, legacy=self.life.legacy_keys)
 
     def lookup(self, key: str) -> tuple[StepRecord, bytes] | None:
@@ -217,16 +223,16 @@ class Execution:
         if self.preloaded is None:
             self.preloaded = self.store.scan(self.prefix)
         full = self.prefix + key
-        if full not in self.preloaded:
+        raw = self.preloaded.pop(full, _ABSENT)
+        if raw is _ABSENT:
             return None
-        raw = self.preloaded.pop(full)
         got = self.store.decode_step(full, raw)
         return None if got is MISSING or got is CORRUPT else got
 
     def add_step(self, info: StepInfo, kind: str) -> None:
         """Show a step in the run (and tell the listeners)."""
         self.state.steps.append(info)
-        if self.state.observed:
+        if self.state.listeners or self.logged:
             self.state.emit(kind, info)
 
     # -- step.run ------------------------------------------------------------------------------
@@ -267,7 +273,7 @@ class Execution:
             # Closures made by one factory share a code object, not their return annotation.
             key = (code, self.serializer, handler.__annotations__.get("return"))
             try:
-                meta = STATE.handler_meta.get(key)
+                meta = STATE.handler_meta.data.get(key)
             except TypeError:  # an unhashable annotation object: not cached
                 cacheable, meta = False, None
             if meta is not None:
@@ -285,7 +291,8 @@ class Execution:
         if rec.data is not None:
             value = self.values.read_data(key, rec.data)
         else:
-            safe = self.values.safe_codec(key, rec.serializer, codec)
+            same = rec.serializer == codec.name and codec.name != "pickle"  # the usual case: no question to ask
+            safe = codec if same else self.values.safe_codec(key, rec.serializer, codec)
             value = UNREADABLE if safe is None else self.values.stored_value(key, safe.loads, payload)
         if value is UNREADABLE:
             return None
@@ -406,7 +413,7 @@ class Execution:
         info.output = out
         info.has_output = True
         info.error = None
-        if self.state.observed:
+        if self.state.listeners or self.logged:
             self.state.emit("step_completed", info)
         return out
 

@@ -23,6 +23,11 @@ _SPECIAL = re.compile(r"[%/]|:\d+$")
 _TRAILING_NUMBER = re.compile(r":(\d+)$")
 _ESCAPES = re.compile(r"%(25|2F|3A)")
 _UNESCAPED = {"25": "%", "2F": "/", "3A": ":"}
+_MEMO = 4096
+CHECKED: set[str] = set()
+"""Ids already found usable (a loop checks the same id thousands of times): a bounded memo."""
+ESCAPED: dict[str, str] = {}
+"""Ids as keys, memoized likewise."""
 
 
 def check_id(value: object, what: str, example: str) -> str:
@@ -40,6 +45,8 @@ def check_id(value: object, what: str, example: str) -> str:
         Traceback (most recent call last):
         ValueError: run id 'a\x1fb' contains the control character '\x1f' at position 1; ... run_id='r1'
     """
+    if type(value) is str and value in CHECKED:
+        return value
     if type(value) is not str or not value:
         msg = f"{what} must be a non-empty str, got {value!r}. Fix: {example}"
         raise ValueError(msg)
@@ -52,15 +59,23 @@ def check_id(value: object, what: str, example: str) -> str:
             f"text. Fix: {example}"
         )
         raise ValueError(msg)
+    if len(CHECKED) >= _MEMO:
+        CHECKED.clear()
+    CHECKED.add(value)
     return value
 
 
 def escape(step_id: str) -> str:
     """A step id as it appears in keys: unchanged unless it holds ``%``, ``/`` or ends in ``:<digits>``."""
-    if _SPECIAL.search(step_id) is None:
-        return step_id
-    text = step_id.replace("%", "%25").replace("/", "%2F")
-    return _TRAILING_NUMBER.sub(r"%3A\1", text)
+    found = ESCAPED.get(step_id)
+    if found is None:
+        found = step_id
+        if _SPECIAL.search(step_id) is not None:
+            found = _TRAILING_NUMBER.sub(r"%3A\1", step_id.replace("%", "%25").replace("/", "%2F"))
+        if len(ESCAPED) >= _MEMO:
+            ESCAPED.clear()
+        ESCAPED[step_id] = found
+    return found
 
 
 def step_key(scope: str | None, step_id: str, repeat: int, *, legacy: bool = False) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -36,36 +35,35 @@ SlotKey = tuple[str, int, str]
 
 
 class BoundedCache(Generic[K, V]):
-    """A dict that forgets its least recently used entries past ``size`` (thread-safe)."""
+    """A dict of at most ``size`` entries: past it, the oldest entries are forgotten.
+
+    Reads take no lock (a dict lookup is atomic), because caches sit on the per-step path.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._data: OrderedDict[K, V] = OrderedDict()
+        self.data: dict[K, V] = {}
+        """The entries (read it directly on hot paths: ``cache.data.get(key)``)."""
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
-        """The value under ``key`` (now the most recently used), or None."""
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
+        """The value under ``key``, or None."""
+        return self.data.get(key)
 
     def put(self, key: K, value: V) -> None:
-        """Keep ``value`` under ``key``, forgetting the oldest entry when full."""
+        """Keep ``value`` under ``key``, forgetting the oldest entries when full."""
         with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
+            self.data[key] = value
+            while len(self.data) > self.size:
+                del self.data[next(iter(self.data))]
 
     def clear(self) -> None:
         """Forget everything."""
         with self._lock:
-            self._data.clear()
+            self.data.clear()
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self.data)
 
 
 class Slots:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from nbdurable import _kinds
 from nbdurable._actions import Plan, Replayed, drive_async, drive_sync
-from nbdurable._engine import MEMBER, Execution, GroupMember
+from nbdurable._engine import MEMBER, Execution, GroupMember, Pending
 from nbdurable._events import Event, as_events
 from nbdurable._loop import wait_sync
 from nbdurable._types import HIDE_FRAMES
@@ -64,12 +64,17 @@ class StepSync:
             >>> users.run()
             ['ada', 'ada']
         """
-
-        def plan() -> Replayed[T] | Plan[T]:
-            planned = self._ex.plan_run(step_id, handler, handler_args, output_type)
-            return planned if isinstance(planned, Replayed) else self._ex.attempts(planned)
-
-        return self._do(plan)
+        ex = self._ex  # the hot path of every step: _do's work, inlined
+        if MEMBER.get() is not None:
+            turn = ex.turn()
+            if turn is not None:
+                wait_sync(ex.clock, turn, None)
+        planned = ex.plan_run(step_id, handler, handler_args, output_type)
+        if isinstance(planned, Pending):
+            out: T = drive_sync(ex.runner, ex.attempts(planned))
+            return out
+        value: T = planned.value
+        return value
 
     def sleep(self, step_id: str, duration: int | _dt.timedelta) -> None:
         """Pause the run; the wake time is stored, so a later execution waits only the rest.
