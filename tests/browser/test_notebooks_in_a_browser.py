@@ -8,10 +8,22 @@ view: ipywidgets' DOM (``.jupyter-widgets``), the function and step ids, status 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from jupyter_ui import CHROMIUM, LOOP_ERRORS, WIDGET_ERRORS, NotebookPage, rows, widget_view_count
-from playwright.sync_api import expect
+from jupyter_ui import (
+    CHROMIUM,
+    LOOP_ERRORS,
+    WIDGET_ERRORS,
+    NotebookPage,
+    Server,
+    chromium,
+    jupyter_server,
+    rows,
+    widget_view_count,
+)
+from playwright.sync_api import BrowserContext, expect
 
 pytestmark = [
     pytest.mark.browser,
@@ -19,9 +31,40 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent: `apt-get install -y chromium`"),
 ]
 
+NOTEBOOKS = Path(__file__).resolve().parent.parent.parent / "notebooks"
 QUICKSTART_STEPS = ("extract", "score", "load")
 LOOP_RUNS = 5
 """Run Alls of events.ipynb, each in a new kernel on an empty store, each with a click while a cell blocks."""
+
+
+# The fixtures live here, not in a conftest.py: a second conftest module would clash with
+# tests/conftest.py under --doctest-modules (both are the top-level module "conftest").
+
+
+@pytest.fixture(scope="module", params=["lab", "notebook"], ids=["lab", "notebook7"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """JupyterLab 4, then Notebook 7, serving copies of notebooks/ with a fresh store."""
+    with jupyter_server(request.param, tmp_path_factory.mktemp(request.param), sorted(NOTEBOOKS.glob("*.ipynb"))) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
+    """Debian's chromium with a fresh profile, shared by the module's tests."""
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as context:
+        yield context
+
+
+@pytest.fixture
+def notebook(server: Server, browser: BrowserContext) -> Iterator[NotebookPage]:
+    """A new tab on ``server`` with no kernel running, an empty store and pristine notebooks; closed afterwards."""
+    server.reset()
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        yield NotebookPage(page, server)
+    finally:
+        page.close()
 
 
 def assert_views_render(notebook: NotebookPage) -> None:
