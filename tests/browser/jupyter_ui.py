@@ -329,7 +329,12 @@ class NotebookPage:
         before = self.server.api("GET", f"/api/contents/{self.name}?content=0")["last_modified"]
         self.page.keyboard.press("Control+s")
         for _ in _deadline_loop(timeout, f"{self.name} to be saved"):
-            model = self.server.api("GET", f"/api/contents/{self.name}")
+            try:
+                model = self.server.api("GET", f"/api/contents/{self.name}")
+            except urllib.error.HTTPError as exc:
+                if exc.code == 400:  # "Unreadable Notebook": read while the server was writing it
+                    continue
+                raise
             if model["last_modified"] != before:
                 return dict(model["content"])
         raise AssertionError  # unreachable: the loop raises on its deadline
