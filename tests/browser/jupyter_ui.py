@@ -159,7 +159,7 @@ def jupyter_server(kind: str, workdir: Path, notebooks: Iterable[Path]) -> Itera
         "--port-retries=0",
         f"--ServerApp.token={token}",
         f"--ServerApp.root_dir={root}",
-        "--LabServerApp.extension_manager=readonly",  # never asks a package index for extensions
+        "--LabApp.extension_manager=readonly",  # never asks a package index for extensions (both load Lab)
     ]
     if kind == "lab":
         cmd.append("--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate")
