@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint bench reliability clean
+.PHONY: venv demo lab screenshots test lint bench reliability clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,15 @@ test: lint
 
 demo: $(STAMP)
 	$(BIN)/python -m nbdurable demo
+
+# JupyterLab comes with the dev extra; the notebooks keep their store in notebooks/.nbdurable
+# unless NBDURABLE_STORE names another. Root (as on CI and the dev machines) needs --allow-root.
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+
+# PNGs of the run view's states, taken in JupyterLab by Debian's chromium (apt-get install -y chromium).
+screenshots: $(STAMP)
+	$(BIN)/python tests/browser/screenshots.py docs/img
 
 bench: $(STAMP)
 	$(BIN)/python -m bench --write docs/BENCHMARKS.md

@@ -55,7 +55,7 @@ def _execute(path: Path, store: str, label: str) -> list[str]:
             widgets += "application/vnd.jupyter.widget-view+json" in data
             if STEP_TABLE_TAG in cell.get("metadata", {}).get("tags", []):
                 texts.append(out.get("text", "") or data.get("text/plain", ""))
-    print(f"--- {label}: executed {path.name} in a new kernel in {took:.1f}s ({widgets} run views rendered)")
+    print(f"--- {label}: executed {path.name} in a new kernel in {took:.1f}s ({widgets} run views built)")
     return texts
 
 

@@ -137,6 +137,10 @@ class ProcessState:
         self.default_client: Client | None = None
         self.temporary_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         """Loops made for one blocking call: background runs must not become their tasks."""
+        self.held_callbacks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[asyncio.Handle]] = (
+            weakref.WeakKeyDictionary()
+        )
+        """Per loop a blocking call re-entered: callbacks held back until their Context is free (``_loop``)."""
         self.open_stores: dict[str, Store] = {}
         self.warned: set[tuple[str, str]] = set()
         """(store path, topic) pairs already warned about, so each warning is said once."""

@@ -234,7 +234,7 @@ def test_demo_executes_the_quickstart_twice_and_the_second_pass_replays(capsys) 
     assert "handler calls: {'extract': 1, 'score': 3, 'load': 1}" in first
     assert re.search(r"\u21bb score\s+replayed\s+3/4", second)
     assert "handler calls: {'extract': 0, 'score': 0, 'load': 0}" in second
-    assert "(2 run views rendered)" in second
+    assert "(2 run views built)" in second
 
 
 def test_kernelspec_starts_a_kernel_with_the_extension_loaded(tmp_path, capsys) -> None:
