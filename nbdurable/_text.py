@@ -78,8 +78,11 @@ def step_detail(step: StepInfo) -> str:
     return ""
 
 
-def step_cells(step: StepInfo, now: float) -> list[str]:
-    """A step's row as cells: icon, step, status, attempts k/n, time, detail (notes, countdown, output)."""
+def step_cells(step: StepInfo, now: float, *, earlier: bool = True) -> list[str]:
+    """A step's row as cells: icon, step, status, attempts k/n, time, detail (notes, countdown, output).
+
+    ``earlier=False`` leaves out the count of earlier failed attempts (the widget folds them instead).
+    """
     status = "replayed" if step.replayed else step.status.value.lower()
     took = seconds(step.duration) if step.status is not StepStatus.RUNNING else "..."
     notes = []
@@ -91,7 +94,7 @@ def step_cells(step: StepInfo, now: float) -> list[str]:
     if step.note:
         notes.append(f"({step.note})")
     failed_before = len(step.errors) - (1 if step.status in (StepStatus.FAILED, StepStatus.RETRYING) else 0)
-    if failed_before > 0 and step.status is not StepStatus.REPLAYED:
+    if earlier and failed_before > 0 and step.status is not StepStatus.REPLAYED:
         notes.append(f"({failed_before} earlier attempt{'s' if failed_before > 1 else ''} failed)")
     detail = step_detail(step)
     if detail:
@@ -217,7 +220,8 @@ class TextView:
         current = (
             f" \u00b7 {ICONS[StepStatus.RUNNING]} {step.label}" if step and step.status is StepStatus.RUNNING else ""
         )
-        line = f"[{run.function_id}] {done}/{len(steps)} steps{current} \u00b7 {seconds(run.elapsed)}"
+        elapsed = None if run.started_at is None else now - run.started_at
+        line = f"[{run.function_id}] {done:,}/{len(steps):,} steps{current} \u00b7 {seconds(elapsed)}"
         if self._write is not None:
             self._write(line)
         else:

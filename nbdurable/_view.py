@@ -55,7 +55,7 @@ def visible_steps(steps: list[StepInfo], show_all: bool = False) -> list[StepInf
     """The steps the view draws a row for: all of them, or a group past ``GROUP_FROM``.
 
     A group keeps every step not done (failed, retrying, running, waiting, interrupted) and
-    the last ``LAST_DONE`` done.
+    the last ``LAST_DONE`` steps.
     """
     if show_all or len(steps) <= GROUP_FROM:
         return steps
@@ -82,7 +82,8 @@ def _earlier_attempts(step: StepInfo) -> str:
         f"<div>attempt {i}: {html.escape(f'{e.name}: {e.message}'[:200])}</div>" for i, e in enumerate(earlier, 1)
     )
     noun = "attempt" if len(earlier) == 1 else "attempts"
-    return f" <details style='display:inline'><summary>{len(earlier)} earlier {noun} failed</summary>{items}</details>"
+    fold = "display:inline-block;vertical-align:top;margin-right:8px;cursor:pointer"
+    return f"<details style='{fold}'><summary>{len(earlier)} earlier {noun} failed</summary>{items}</details>"
 
 
 class RunView:
@@ -211,7 +212,7 @@ class RunView:
             if not self._failed:  # once red, always red
                 self.bar.bar_style = style
                 self._failed = style == "danger"
-            self.bar_label.value = f"&nbsp;{done}/{len(steps)} steps"
+            self.bar_label.value = f"&nbsp;{done:,}/{len(steps):,} steps"
             grouped = len(steps) > GROUP_FROM
             shown = visible_steps(steps, self.show_all.value)
             self._shown = shown
@@ -295,8 +296,8 @@ class RunView:
         style = f"color:{color}"
         if step.replayed:
             style += ";opacity:0.6;font-style:italic"
-        texts = [html.escape(cell) for cell in step_cells(step, now)]
-        texts[-1] += _earlier_attempts(step)
+        texts = [html.escape(cell) for cell in step_cells(step, now, earlier=False)]
+        texts[-1] = _earlier_attempts(step) + texts[-1]
         cells = "".join(f"<td style='{_CELL}'>{text}</td>" for text in texts)
         row = f"<tr style='{style}'>{cells}</tr>"
         self._row_cache[step.key] = (signature, row)
@@ -318,7 +319,7 @@ class RunView:
         if run.note:
             lines[0] += f" \u00b7 {run.note}"
         lines.append(
-            f"[{'#' * filled}{'-' * (width - filled)}] {done}/{len(steps)} steps ({self.bar.bar_style or '-'})"
+            f"[{'#' * filled}{'-' * (width - filled)}] {done:,}/{len(steps):,} steps ({self.bar.bar_style or '-'})"
         )
         hidden = len(steps) - len(self._shown)
         if hidden:
