@@ -358,15 +358,32 @@ def _changed(previous: dict[str, Any] | None, source: str, reads: dict[str, str 
 
 
 def _exec_cell(shell: Any, name: str, source: str) -> None:
-    """Execute a cell in the user namespace (top-level ``await`` allowed, as in notebooks)."""
+    """Execute a cell in the user namespace, as a notebook does.
+
+    Top-level ``await`` is allowed, and the value of a last expression (``df.head()``) is
+    displayed, unless the cell ends with ``;``.
+    """
     filename = f"<%%step {name}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-    code = compile(source, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    tree = ast.parse(source, filename)
+    last = None
+    final = tree.body[-1] if tree.body else None
+    if isinstance(final, ast.Expr) and not source.rstrip().endswith(";"):
+        tree.body.pop()
+        last = ast.Expression(final.value)
     ns = shell.user_ns
+    _run_code(compile(tree, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT), ns)
+    if last is not None:
+        value = _run_code(compile(last, filename, "eval", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT), ns)
+        if value is not None:
+            data, metadata = shell.display_formatter.format(value)
+            shell.display_pub.publish(data=data, metadata=metadata)
+
+
+def _run_code(code: types.CodeType, ns: dict[str, Any]) -> Any:
     if code.co_flags & inspect.CO_COROUTINE:
-        run_blocking(eval(code, ns))  # noqa: S307 - executing the user's own cell is the point
-    else:
-        exec(code, ns)  # noqa: S102 - executing the user's own cell is the point
+        return run_blocking(eval(code, ns))  # noqa: S307 - executing the user's own cell is the point
+    return eval(code, ns)  # noqa: S307 - the same: exec-mode code evaluates to None
 
 
 def describe(client: Client, fn_id: str, name: str) -> list[str]:

@@ -157,9 +157,9 @@ class Commands:
         """A run by id, id prefix, or ``FN/RUN`` (when runs of several functions share an id)."""
         records = self.records()
         fn_id, _, run_ref = ref.rpartition("/") if "/" in ref else ("", "", ref)
-        if fn_id and not any(r.function_id == fn_id for _, r in records):
+        if fn_id and not any(_same_function(r.function_id, fn_id) for _, r in records):
             fn_id, run_ref = "", ref  # a run id that itself contains "/"
-        mine = [pr for pr in records if not fn_id or pr[1].function_id == fn_id]
+        mine = [pr for pr in records if not fn_id or _same_function(pr[1].function_id, fn_id)]
         exact = [pr for pr in mine if pr[1].run_id == run_ref]
         found = exact or [pr for pr in mine if pr[1].run_id.startswith(run_ref)]
         if not found:
@@ -203,7 +203,9 @@ class Commands:
         rows = []
         for _path, rec in self.records():
             status = _lease.effective_status(rec, now)
-            if (ns.fn is not None and rec.function_id != ns.fn) or (want is not None and status is not want):
+            if (ns.fn is not None and not _same_function(rec.function_id, ns.fn)) or (
+                want is not None and status is not want
+            ):
                 continue
             took = seconds(rec.ended_at - rec.started_at) if rec.ended_at and rec.started_at else "-"
             rows.append(
@@ -357,6 +359,11 @@ class Commands:
             seen.add(client.where)
             ids = client.send_sync(event)
             self.write(f"sent {ns.name!r} ({', '.join(ids)}) on {client!r}")
+
+
+def _same_function(stored: str, asked: str) -> bool:
+    """Whether a run's function is the one asked for; ``%%step`` names the cell steps of every notebook."""
+    return stored == asked or (asked == CELL_FUNCTION and stored.startswith(f"{CELL_FUNCTION}["))
 
 
 def user_clients(namespace: dict[str, Any]) -> list[Client]:

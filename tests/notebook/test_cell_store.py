@@ -68,3 +68,15 @@ def test_captured_outputs_are_bounded_and_say_so(capsys) -> None:
     kept = "".join(o["text"] for o in capture.outputs)
     assert "0123456789" * 3 not in kept
     assert "were shown but not stored" in kept
+
+
+def test_a_cells_last_expression_is_displayed_and_replayed(ip, capsys) -> None:
+    """A cell ending in an expression shows its value, as a notebook cell does, and again when it restores."""
+    ip.run_cell_magic("step", "last", "total = 40 + 2\ntotal * 10")
+    assert "420" in capsys.readouterr().out
+    ip.run_cell_magic("step", "last", "total = 40 + 2\ntotal * 10")
+    out = capsys.readouterr().out
+    assert "420" in out
+    assert "restored total" in out
+    ip.run_cell_magic("step", "quiet", "hidden = 1\nhidden * 5;")
+    assert "5" not in capsys.readouterr().out
