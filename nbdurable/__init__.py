@@ -28,6 +28,8 @@ from nbdurable._run import Run
 from nbdurable._step import Context, ContextSync, Group, GroupSync, Step, StepSync
 from nbdurable._types import Backoff, RunStatus, StepInfo, StepStatus
 from nbdurable.errors import (
+    ExecutorLostError,
+    InputUnserializableError,
     NbdurableError,
     NestedStepError,
     NonRetriableError,
@@ -90,10 +92,12 @@ __all__ = [
     "ContextSync",
     "DataCodec",
     "Event",
+    "ExecutorLostError",
     "Function",
     "Group",
     "GroupSync",
     "Inngest",
+    "InputUnserializableError",
     "NbdurableError",
     "NestedStepError",
     "NonRetriableError",

@@ -15,6 +15,7 @@ from concurrent.futures import Executor
 from typing import Any, Generic, TypeVar, cast
 
 from nbdurable._clock import Clock, Signal
+from nbdurable._executors import Target, until_done
 from nbdurable._loop import run_blocking, sleep_sync, wait_sync
 from nbdurable._types import HIDE_FRAMES
 
@@ -82,36 +83,43 @@ class Replayed(Generic[T]):
 
 
 class Runner:
-    """Where handlers run: in the calling thread or loop, or on an executor."""
+    """Where handlers run: in the calling thread or loop, or on an executor (see ``_executors``).
 
-    __slots__ = ("clock", "executor")
+    On an executor every step handler runs there, sync or async (an async one in the Dask
+    worker's event loop, or in a loop of its own on other pools); the kernel waits for it
+    without blocking its loop, and stores the output itself when it arrives.
+    """
+
+    __slots__ = ("clock", "executor", "target")
 
     def __init__(self, clock: Clock, executor: Executor | None) -> None:
         self.clock = clock
         self.executor = executor
+        self.target = None if executor is None else Target(executor)
 
-    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> concurrent.futures.Future[Any]:
-        assert self.executor is not None
-        if isinstance(self.executor, concurrent.futures.ThreadPoolExecutor):
-            # A handler on a thread pool still sees this step's context (the nesting checks).
-            return self.executor.submit(contextvars.copy_context().run, fn, *args)
-        return self.executor.submit(fn, *args)
-
-    def call_sync(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    def call_sync(self, fn: Callable[..., Any], args: tuple[Any, ...], key: str = "") -> Any:
         """Call a handler from sync code (an async handler runs to completion here)."""
         __tracebackhide__ = HIDE_FRAMES
-        if self.executor is not None and not asyncio.iscoroutinefunction(fn):
-            return self._submit(fn, args).result()
+        if self.target is not None:
+            future = self.target.submit(fn, args, key)
+            try:
+                concurrent.futures.wait([future])
+            except BaseException:
+                future.cancel()  # interrupted: the task is not left running on the executor
+                raise
+            return self.target.outcome(future, fn, args, key)
         value = fn(*args)
         if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
             value = run_blocking(value)
         return value
 
-    async def call_async(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        """Call a handler from a task, awaiting it (a sync handler on an executor does not block the loop)."""
+    async def call_async(self, fn: Callable[..., Any], args: tuple[Any, ...], key: str = "") -> Any:
+        """Call a handler from a task, awaiting it (a handler on an executor does not block the loop)."""
         __tracebackhide__ = HIDE_FRAMES
-        if self.executor is not None and not asyncio.iscoroutinefunction(fn):
-            return await asyncio.wrap_future(self._submit(fn, args))
+        if self.target is not None:
+            future = self.target.submit(fn, args, key)
+            await until_done(future)
+            return self.target.outcome(future, fn, args, key)
         value = fn(*args)
         if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
             value = await value
@@ -149,7 +157,7 @@ def _call_sync(runner: Runner, action: Call) -> tuple[bool, Any]:
             return False, exc
     token = IN_HANDLER.set(action.key)
     try:
-        return True, action.fn(*action.args) if action.local else runner.call_sync(action.fn, action.args)
+        return True, action.fn(*action.args) if action.local else runner.call_sync(action.fn, action.args, action.key)
     except Exception as exc:  # noqa: BLE001 - handed to the engine as data
         return False, exc
     finally:
@@ -188,7 +196,7 @@ async def _call_async(runner: Runner, action: Call) -> tuple[bool, Any]:
             if asyncio.iscoroutine(value):
                 value = await value
         else:
-            value = await runner.call_async(action.fn, action.args)
+            value = await runner.call_async(action.fn, action.args, action.key)
     except Exception as exc:  # noqa: BLE001 - handed to the engine as data
         return False, exc
     else:

@@ -54,7 +54,9 @@ class Client:
         store: the store directory (default ``$NBDURABLE_STORE`` or ``./.nbdurable``).
         serializer: ``"json"`` (strict, default) or ``"pickle"``.
         backoff: delays between attempts of failing steps.
-        executor: a ``concurrent.futures.Executor`` to run sync step handlers on.
+        executor: a ``concurrent.futures.Executor`` to run step handlers on (threads, processes,
+            or a Dask cluster's ``distributed.Client(cluster).get_executor()``); the kernel
+            still stores every output. None: handlers run in the calling thread or loop.
         mmap: memory-map stored arrays and Arrow tables of 1 MB and more when they replay
             (copy-on-write: the array is writable, the stored file never changes). ``False``
             reads them into memory instead.
@@ -136,6 +138,7 @@ class Client:
         serializer: str | None = None,
         on_change: str = "warn",
         name: str | None = None,
+        executor: Executor | None = None,
     ) -> Callable[[Callable[[Any], Any]], Function[Any]]:
         """Decorate a function taking ``ctx`` to make it durable.
 
@@ -151,6 +154,9 @@ class Client:
             serializer: ``"json"`` or ``"pickle"`` (default: the client's).
             on_change: ``"warn"``, ``"rerun"`` or ``"ignore"`` when a step's code changed.
             name: a display name.
+            executor: a ``concurrent.futures.Executor`` to run this function's step handlers on
+                (default: the client's ``executor``); a Dask cluster's is
+                ``distributed.Client(cluster).get_executor()``.
 
         Example:
             >>> @client.create_function(fn_id="etl", retries=2)
@@ -175,6 +181,7 @@ class Client:
                 serializer=serializer,
                 on_change=on_change,
                 name=name,
+                executor=executor,
             )
             self.functions[fn_id] = fn
             with STATE.lock:

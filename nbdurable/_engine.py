@@ -115,7 +115,7 @@ class Execution:
         self.state = state
         self.store = client.store
         self.clock = client.clock
-        self.runner = Runner(client.clock, client.executor)
+        self.runner = Runner(client.clock, client.executor if fn.executor is None else fn.executor)
         self.life = Lifecycle(client, fn, state)
         self.prefix = self.life.prefix
         self.counts: dict[str, int] = {}

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import inspect
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from nbdurable import _execute, _history, _keys
@@ -54,6 +55,7 @@ class Function(Generic[T]):
         serializer: str | None = None,
         on_change: str = "warn",
         name: str | None = None,
+        executor: Executor | None = None,
     ) -> None:
         _keys.check_id(fn_id, "fn_id", "create_function(fn_id='etl')")
         if not callable(handler):
@@ -78,6 +80,13 @@ class Function(Generic[T]):
         _check_list(fn_id, "trigger", trigger, (TriggerEvent, TriggerCron), "nbdurable.TriggerEvent('app/x')")
         _check_list(fn_id, "cancel", cancel, (Cancel,), "[nbdurable.Cancel(event='app/stop')]")
         _check_list(fn_id, "concurrency", concurrency, (Concurrency,), "[nbdurable.Concurrency(limit=2)]")
+        if executor is not None and not isinstance(executor, Executor):
+            msg = (
+                f"function {fn_id!r}: executor must be a concurrent.futures.Executor, got "
+                f"{type(executor).__name__} {executor!r:.60}. Fix: e.g. executor=ThreadPoolExecutor(4), or "
+                "executor=dask_client.get_executor() for a Dask cluster"
+            )
+            raise TypeError(msg)
         if on_failure is not None and not callable(on_failure):
             msg = f"function {fn_id!r}: on_failure must be a function taking ctx, got {on_failure!r:.60}"
             raise TypeError(msg)
@@ -95,11 +104,15 @@ class Function(Generic[T]):
         self.output_type = output_type
         self.serializer = serializer
         self.on_change = on_change
+        self.executor = executor
+        """Where this function's step handlers run (None: the client's ``executor``, or in process)."""
         self.is_async = inspect.iscoroutinefunction(handler)
         self.failure_function: Function[Any] | None = None
         """The durable function running ``on_failure`` (id ``"{fn_id}-failure"``)."""
         if on_failure is not None:
-            self.failure_function = Function(client, on_failure, fn_id=f"{fn_id}-failure", retries=retries)
+            self.failure_function = Function(
+                client, on_failure, fn_id=f"{fn_id}-failure", retries=retries, executor=executor
+            )
         functools.update_wrapper(self, handler)  # type: ignore[arg-type]  # typeshed: only for functions
 
     def __repr__(self) -> str:

@@ -1,8 +1,10 @@
 """Every error and warning users of nbdurable may catch.
 
-All errors derive from :class:`NbdurableError`. Control-flow signals used inside the
-engine derive from ``BaseException`` and are private, so user code that catches
-``Exception`` can never swallow them.
+All errors derive from :class:`NbdurableError`, except :class:`ExecutorLostError`: like
+``KeyboardInterrupt``, it stops a run (INTERRUPTED, resumable), so it derives from
+``BaseException``. Control-flow signals used inside the engine derive from
+``BaseException`` and are private, so user code that catches ``Exception`` can never
+swallow them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import datetime as _dt
 
 __all__ = [
+    "ExecutorLostError",
+    "InputUnserializableError",
     "NbdurableError",
     "NestedStepError",
     "NonRetriableError",
@@ -119,6 +123,29 @@ class RunFailedError(NbdurableError):
 
 class OutputUnserializableError(NbdurableError, TypeError):
     """A step returned a value its serializer cannot store. Not retried."""
+
+
+class InputUnserializableError(NonRetriableError, TypeError):
+    """A step's handler or an argument cannot be pickled to be sent to the executor's workers.
+
+    Raised at once, without retries (it would fail the same way every time); the message
+    names the step, what cannot be pickled, and the fix.
+    """
+
+
+class ExecutorLostError(BaseException):
+    """The executor running step handlers is gone: the run stops INTERRUPTED, resumable on a new one.
+
+    That is a process pool broken by a dead worker process, an executor shut down, or a Dask
+    client that lost its scheduler. No step is stored as failed, so running the function
+    again with a new executor replays the completed steps and executes the rest. A
+    ``BaseException``, as ``KeyboardInterrupt`` is: a body catching ``Exception`` around a
+    step cannot swallow it and go on without its executor.
+
+    Example:
+        >>> issubclass(ExecutorLostError, Exception)
+        False
+    """
 
 
 class RunLockedError(NbdurableError):

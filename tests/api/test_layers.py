@@ -32,6 +32,7 @@ LAYERS: list[set[str]] = [
     {  # the runtime
         "_lease",
         "_run",
+        "_executors",
         "_actions",
         "_lifecycle",
         "_values",
