@@ -311,3 +311,30 @@ def test_a_sync_fan_out_runs_on_the_cluster_too(dask_cluster, client, logdir):
     assert all(len(lines(logdir, f"item{i}")) == 1 for i in range(40))
     assert fan_out.run() == tuple(range(40))
     assert all(len(lines(logdir, f"item{i}")) == 1 for i in range(40))
+
+
+async def test_cancelling_a_run_waiting_on_the_cluster_cancels_its_task(dask_cluster, client, logdir):
+    """The task awaiting a run is cancelled while its step runs on a worker: the Dask task is cancelled too."""
+    client.executor = dask_cluster.executor
+    d = str(logdir)
+
+    @client.create_function(fn_id="cancelled")
+    async def fn(ctx: nbdurable.Context) -> int:
+        return await ctx.step.run("slow", work.slow_first, d, "slow", 1)
+
+    scheduler = dask_cluster.cluster.scheduler
+    earlier = set(scheduler.tasks)
+    task = asyncio.ensure_future(fn.run_async())
+    while not lines(logdir, "slow"):
+        await asyncio.sleep(0.01)
+    assert set(scheduler.tasks) - earlier  # the step's task is on the cluster
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    deadline = asyncio.get_running_loop().time() + 30
+    while set(scheduler.tasks) - earlier and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    assert not set(scheduler.tasks) - earlier  # released: nothing left running for a run that stopped
+    assert fn.runs()[0].status is nbdurable.RunStatus.INTERRUPTED
+    # A worker cannot stop a running thread: free the one still sleeping in the handler for the next tests.
+    dask_cluster.kill_worker(lines(logdir, "slow")[0])
