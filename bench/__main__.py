@@ -11,7 +11,7 @@ import tempfile
 import traceback
 from collections.abc import Callable
 
-from bench import _data_rows, _report, _rows
+from bench import _dask_rows, _data_rows, _report, _rows
 from bench._measure import FULL, TINY, Row, Sizes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +32,11 @@ def run_all(sizes: Sizes, workdir: str, *, explain: bool) -> tuple[list[Row], bo
         ("preview, fingerprint", ["11", "12"], lambda: _data_rows.small_rows(sizes)),
         ("peak memory", ["13"], lambda: [_data_rows.peak_row(workdir, sizes)]),
         ("notebook of cell steps", ["14"], lambda: [_data_rows.notebook_row(workdir, sizes)]),
+        (
+            "Dask LocalCluster",
+            ["15a", "15b", "16", "17", "18"],
+            lambda: _dask_rows.dask_rows(ws.dir, sizes.dask_steps, sizes.dask_repeats, sizes.dask_bytes),
+        ),
     ]
     rows: list[Row] = []
     crashed = False

@@ -26,6 +26,9 @@ class Sizes:
     import_runs: int
     data_sizes: tuple[int, ...] = (100_000,)  # rows 8-13: bytes of the arrays and frames
     view_steps_large: int = 60  # row 6b: past the view's grouping bound
+    dask_steps: int = 20  # rows 15-17: the fan-out on a LocalCluster
+    dask_repeats: int = 1
+    dask_bytes: int = 1_000_000  # row 18: the array a worker step returns
 
 
 FULL = Sizes(
@@ -41,6 +44,9 @@ FULL = Sizes(
     import_runs=15,
     data_sizes=(100_000, 10_000_000, 1_000_000_000),
     view_steps_large=10_000,
+    dask_steps=1000,
+    dask_repeats=5,
+    dask_bytes=100_000_000,
 )
 TINY = Sizes(
     steps=20,
@@ -53,6 +59,9 @@ TINY = Sizes(
     joblib_calls=10,
     view_steps=20,
     import_runs=2,
+    dask_steps=20,
+    dask_repeats=1,
+    dask_bytes=1_000_000,
 )
 
 

@@ -14,7 +14,7 @@ from bench._measure import Row
 BEGIN = "<!-- figures:begin (python -m bench --write docs/BENCHMARKS.md rewrites this section) -->"
 END = "<!-- figures:end -->"
 COMMAND = "make bench    # = .venv/bin/python -m bench --write docs/BENCHMARKS.md"
-PACKAGES = ("nbdurable", "diskcache", "pydantic", "dbos", "SQLAlchemy", "joblib", "ipywidgets")
+PACKAGES = ("nbdurable", "diskcache", "pydantic", "dbos", "SQLAlchemy", "joblib", "ipywidgets", "distributed", "numpy")
 
 
 def _cpu_model() -> str:

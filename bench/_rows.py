@@ -470,6 +470,15 @@ WHY_MISSED = {
         "`python -X importtime -c 'import nbdurable'` shows most of it under nbdurable._store: "
         "pydantic and the record models, diskcache"
     ),
+    "15a": (
+        "the LocalCluster's scheduler and the Dask client's thread share the kernel's process (and its GIL) "
+        "with the run: each step is its own submit (one graph update per step, where Client.map sends one "
+        "for all) and its own store write on the kernel; the profiled run in the details shows both"
+    ),
+    "15b": (
+        "the sync face waits for each member in a thread of a 32-thread pool: on this machine's 2 cores the "
+        "threads, the scheduler and the store writes compete with the workers for the CPU"
+    ),
 }
 
 
