@@ -54,9 +54,30 @@ def kind_of(executor: Executor) -> str:
     return OTHER
 
 
-def run_coroutine(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run an async handler to completion in its own event loop (in a pool's thread or process)."""
-    return asyncio.run(fn(*args))
+def call(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a handler in a pool's thread or process; a coroutine it returns runs there, in a loop of its own."""
+    value = fn(*args)
+    if asyncio.iscoroutine(value):
+        value = asyncio.run(value)
+    return value
+
+
+def on_worker(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``call`` for a Dask worker, as a closure Dask pickles by value: workers need not install nbdurable.
+
+    A handler such as ``lambda: fetch(2)`` returns a coroutine, which could not travel back
+    to the kernel (and Dask would wait for it forever): it runs on the worker instead.
+    """
+
+    def step(*args: Any) -> Any:
+        import asyncio
+
+        value = fn(*args)
+        if asyncio.iscoroutine(value):
+            value = asyncio.run(value)
+        return value
+
+    return step
 
 
 class Target:
@@ -80,19 +101,17 @@ class Target:
             status = getattr(self.dask_client, "status", "running")
             if status != "running":
                 raise self.lost(key, f"its Dask client is {status!r}: the scheduler is gone or the client was closed")
-        target, targs = fn, args
-        if asyncio.iscoroutinefunction(fn) and self.kind != DASK:
-            # Dask runs an async task in its worker's event loop; other pools get a loop per call.
-            target, targs = run_coroutine, (fn, *args)
         try:
             if self.kind == THREADS:
                 # A handler on a thread pool still sees this step's context (the nesting checks).
-                return self.executor.submit(contextvars.copy_context().run, target, *targs)
+                return self.executor.submit(contextvars.copy_context().run, call, fn, *args)
             if self.kind == DASK:
-                # An explicit key: Dask would otherwise give equal calls (a retry) the same task.
+                # Dask runs an async function in its worker's event loop. An explicit key: Dask would
+                # otherwise give equal calls (a retry) the same task.
+                target = fn if asyncio.iscoroutinefunction(fn) else on_worker(fn)
                 name = getattr(fn, "__name__", "step")
-                return self.executor.submit(target, *targs, key=f"{name}-{uuid.uuid4().hex}")
-            return self.executor.submit(target, *targs)
+                return self.executor.submit(target, *args, key=f"{name}-{uuid.uuid4().hex}")
+            return self.executor.submit(call, fn, *args)
         except concurrent.futures.BrokenExecutor as exc:
             raise self.broken(key) from exc
         except RuntimeError as exc:

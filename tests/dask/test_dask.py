@@ -134,6 +134,20 @@ def test_async_handlers_run_on_a_thread_pool_off_the_callers_loop(thread_pool, c
     assert seen[0] is not seen[1]
 
 
+def test_a_sync_handler_returning_a_coroutine_runs_it_on_the_worker(dask_cluster, client, logdir):
+    """lambda: fetch() (the Inngest idiom) on the cluster: the coroutine runs on the worker, its value comes back."""
+    client.executor = dask_cluster.executor
+    d = str(logdir)
+
+    @client.create_function(fn_id="lambda-coroutine")
+    async def fn(ctx: nbdurable.Context):
+        return await ctx.step.run("fetch", lambda: work.async_where(d, "fetch"))
+
+    pid, in_loop = fn.run()
+    assert pid in dask_cluster.worker_pids()
+    assert in_loop is True
+
+
 # --- faults --------------------------------------------------------------------------------------
 
 
