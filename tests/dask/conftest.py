@@ -41,8 +41,8 @@ class Submitted(SchedulerPlugin):
 class Cluster:
     """A LocalCluster, a client of it, its executor, and the scheduler's count of tasks submitted."""
 
-    def __init__(self) -> None:
-        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+    def __init__(self, allowed_failures: int = 0) -> None:
+        with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}):
             self.cluster = distributed.LocalCluster(
                 n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
             )

@@ -173,6 +173,24 @@ def test_a_worker_killed_mid_step_costs_one_attempt_and_the_step_runs_again_on_a
     assert len(lines(logdir, "b")) == 2
 
 
+def test_with_dasks_default_allowed_failures_dask_reruns_the_task_itself_within_one_attempt(client, logdir):
+    """Dask's default (3 reruns after worker deaths) hides the death from nbdurable: one attempt, two executions."""
+    from tests.dask.conftest import Cluster
+
+    default = Cluster(allowed_failures=3)
+    try:
+        client.executor = default.executor
+        fn = pipeline(client, logdir)
+        run = fn.start({"slow": True})
+        (victim,) = eventually(lambda: lines(logdir, "b"), timeout=30)
+        default.kill_worker(victim)
+        assert run.wait(60) == 6
+    finally:
+        default.close()
+    assert next(s for s in run.steps if s.key == "b").attempts == 1
+    assert len(lines(logdir, "b")) == 2
+
+
 def test_an_unpicklable_argument_on_dask_fails_at_once_naming_the_step_and_the_fix(dask_cluster, client):
     """A lock as an argument cannot reach a worker: the step fails on its first attempt, not after four retries."""
     client.executor = dask_cluster.executor
