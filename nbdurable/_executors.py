@@ -114,12 +114,13 @@ class Target:
             return self.executor.submit(call, fn, *args)
         except concurrent.futures.BrokenExecutor as exc:
             raise self.broken(key) from exc
-        except RuntimeError as exc:
-            if "shutdown" in str(exc):
-                raise self.lost(key, "it was shut down") from exc
-            raise self.classify(exc, fn, args, key) from exc
         except Exception as exc:
-            raise self.classify(exc, fn, args, key) from exc
+            if isinstance(exc, RuntimeError) and "shutdown" in str(exc):
+                raise self.lost(key, "it was shut down") from exc
+            error = self.classify(exc, fn, args, key)
+            if error is exc:
+                raise
+            raise error from exc
 
     def outcome(
         self, future: concurrent.futures.Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], key: str
@@ -167,10 +168,15 @@ class Target:
 
     def lost(self, key: str, why: str) -> ExecutorLostError:
         """The error that stops a run whose executor is gone."""
+        example = {
+            THREADS: "concurrent.futures.ThreadPoolExecutor()",
+            PROCESSES: "concurrent.futures.ProcessPoolExecutor()",
+            DASK: "distributed.Client(cluster).get_executor()",
+        }.get(self.kind, "<a new executor>")
         return ExecutorLostError(
             f"step {_keys.label(key)!r} cannot run on {self.name()}: {why}. The run stops here, INTERRUPTED, with "
-            "no step stored as failed. Fix: give the client (or the function) a new executor, e.g. "
-            "client.executor = distributed.Client(cluster).get_executor(), and run again: completed steps replay."
+            f"no step stored as failed. Fix: give the client (or the function) a new executor, e.g. "
+            f"client.executor = {example}, and run again: completed steps replay."
         )
 
     def broken(self, key: str) -> ExecutorLostError:

@@ -370,3 +370,31 @@ async def test_cancelling_a_run_waiting_on_the_cluster_cancels_its_task(dask_clu
     assert fn.runs()[0].status is nbdurable.RunStatus.INTERRUPTED
     # A worker cannot stop a running thread: free the one still sleeping in the handler for the next tests.
     dask_cluster.kill_worker(lines(logdir, "slow")[0])
+
+
+def test_an_executor_shut_down_before_a_step_interrupts_the_run_naming_it_and_the_fix(client):
+    """A thread pool already shut down: ExecutorLostError at the step, the run INTERRUPTED; a new pool finishes it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls: list[str] = []
+
+    @client.create_function(fn_id="shut")
+    def fn(ctx: nbdurable.ContextSync) -> int:
+        return ctx.step.run("work", lambda: calls.append("work") or 7)
+
+    pool = ThreadPoolExecutor(1)
+    pool.shutdown()
+    client.executor = pool
+    run = fn.start()
+    expected = (
+        r"step 'work' cannot run on ThreadPoolExecutor at 0x[0-9a-f]+: it was shut down.*"
+        r"Fix: .*client.executor = concurrent.futures.ThreadPoolExecutor\(\)"
+    )
+    with pytest.raises(nbdurable.ExecutorLostError, match=expected):
+        run.wait(30)
+    assert run.status is nbdurable.RunStatus.INTERRUPTED
+    assert calls == []
+    with ThreadPoolExecutor(1) as fresh:
+        client.executor = fresh
+        assert fn.run() == 7
+    assert calls == ["work"]
