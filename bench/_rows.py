@@ -390,7 +390,7 @@ import json, sys, time
 start, cpu = time.perf_counter(), time.process_time()
 import nbdurable
 seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-heavy = sorted(m for m in ("IPython", "ipywidgets", "dbos", "joblib") if m in sys.modules)
+heavy = sorted(m for m in ("IPython", "ipywidgets", "dbos", "joblib", "distributed") if m in sys.modules)
 print(json.dumps({"seconds": seconds, "cpu": cpu, "heavy": heavy}))
 """
 
@@ -428,7 +428,7 @@ def import_row(sizes: Sizes) -> Row:
         ms(median(seconds)),
         "< 150 ms, no IPython / ipywidgets",
         met,
-        f"wall {spread(seconds, ms)}; CPU time {spread(cpu, ms)}; of IPython, ipywidgets, dbos, joblib, "
+        f"wall {spread(seconds, ms)}; CPU time {spread(cpu, ms)}; of IPython, ipywidgets, dbos, joblib, distributed, "
         f"in sys.modules after it: {', '.join(sorted(heavy)) or 'none'}",
         why,
     )
