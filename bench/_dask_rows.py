@@ -6,7 +6,8 @@
 16. Per-step overhead of a trivial step run on an executor (threads, processes, Dask)
     over the same step run in process, next to a raw ``submit().result()`` round trip.
 17. Replay of the fan-out: no task reaches the scheduler (a scheduler plugin counts the keys sent).
-18. A large output (a float64 numpy array) returned by a worker step: worker -> kernel -> store.
+18. A large output (a float64 numpy array) returned by a worker step: worker -> kernel -> store
+    (the data codecs write it as a .npy file of its own).
 
 Every figure is a median over repeats, ours and theirs measured next to each other.
 """
@@ -254,14 +255,14 @@ def overhead_row(client: nbdurable.Client, cluster: Cluster, n: int, repeats: in
 def large_output_row(client: nbdurable.Client, cluster: Cluster, nbytes: int, repeats: int) -> Row:
     """A worker step returning a large float64 array: bytes go worker -> kernel (Dask) -> store (the kernel)."""
 
-    @client.create_function(fn_id="large", retries=0, serializer="pickle")
+    @client.create_function(fn_id="large", retries=0)
     def large(ctx: nbdurable.ContextSync) -> int:
         out = ctx.step.run("make", big_array, ctx.event.data["nbytes"])
         return int(out.nbytes)
 
     local = nbdurable.Client(app_id="bench-local", store=client.store_path)
 
-    @local.create_function(fn_id="large-local", retries=0, serializer="pickle")
+    @local.create_function(fn_id="large-local", retries=0)
     def large_local(ctx: nbdurable.ContextSync) -> int:
         out = ctx.step.run("make", big_array, ctx.event.data["nbytes"])
         return int(out.nbytes)
@@ -286,5 +287,5 @@ def large_output_row(client: nbdurable.Client, cluster: Cluster, nbytes: int, re
         f"whole run {spread(totals, ms)}: the array is made on a worker and sent to the kernel by Dask (raw "
         f"submit().result(): {spread(transfers, ms)}), then stored by the kernel (the same step in process, made "
         f"and stored: {spread(locals_, ms)}, of which making it: {spread(makes, ms)}); replay from the store "
-        f"{spread(replays, ms)}; the pickle serializer (the data codecs are not wired into steps yet)",
+        f"{spread(replays, ms)} (memory-mapped); the data codecs store the array natively, a .npy file of its own",
     )
