@@ -319,3 +319,40 @@ def large_output_row(client: nbdurable.Client, cluster: Cluster, nbytes: int, re
         f"it alone {spread(makes, ms)}; replay from the store {spread(replays, ms)} (memory-mapped). A fresh "
         f"{mb:,.0f} MB costs page faults that reused memory does not, which scatters every figure here",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench._dask_rows [--tiny]``: rows 15-18 alone, printed as ``python -m bench`` prints them."""
+    import argparse
+    import datetime
+    import shutil
+    import tempfile
+
+    from bench._measure import FULL, TINY
+    from bench._report import load, machine, table
+    from bench._rows import explain
+
+    parser = argparse.ArgumentParser(prog="python -m bench._dask_rows", description=main.__doc__)
+    parser.add_argument("--tiny", action="store_true", help="a tiny size (smoke check)")
+    args = parser.parse_args(argv)
+    sizes = TINY if args.tiny else FULL
+    os.environ["NBDURABLE_VIEW"] = "off"
+    base = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "out")
+    os.makedirs(base, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="run-", dir=base)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    before = load()
+    try:
+        rows = dask_rows(workdir, sizes.dask_steps, sizes.dask_repeats, sizes.dask_bytes)
+        info = machine(workdir, before)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    rows.sort(key=lambda r: (int(r.number.rstrip("ab")), r.number))
+    if not args.tiny:
+        explain(rows)
+    print(table(rows, info, started, tiny=args.tiny))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
