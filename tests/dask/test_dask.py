@@ -11,6 +11,8 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -20,6 +22,53 @@ import nbdurable
 from nbdurable import StepStatus
 from tests.dask import work
 from tests.waiting import eventually
+
+pytest.importorskip("distributed")
+from tests.dask.cluster import Cluster  # only once distributed is known present
+
+# Fixtures live here, not in a conftest.py: a second conftest module would clash with others
+# when several test folders are collected by name.
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    c = Cluster()
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def dask_cluster(cluster: Cluster) -> Cluster:
+    """The module's cluster with both workers up (a test may have killed one: its nanny restarts it)."""
+    cluster.client.wait_for_workers(2, timeout=30)
+    return cluster
+
+
+@pytest.fixture
+def process_pool() -> Iterator[ProcessPoolExecutor]:
+    pool = ProcessPoolExecutor(2)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture
+def thread_pool() -> Iterator[ThreadPoolExecutor]:
+    pool = ThreadPoolExecutor(2)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture
+def logdir(tmp_path: Path) -> Path:
+    path = tmp_path / "logs"
+    path.mkdir()
+    return path
 
 
 def lines(logdir: Path, name: str) -> list[int]:
@@ -175,8 +224,6 @@ def test_a_worker_killed_mid_step_costs_one_attempt_and_the_step_runs_again_on_a
 
 def test_with_dasks_default_allowed_failures_dask_reruns_the_task_itself_within_one_attempt(client, logdir):
     """Dask's default (3 reruns after worker deaths) hides the death from nbdurable: one attempt, two executions."""
-    from tests.dask.conftest import Cluster
-
     default = Cluster(allowed_failures=3)
     try:
         client.executor = default.executor
@@ -267,8 +314,6 @@ def test_a_dead_process_pool_worker_interrupts_the_run_and_a_new_pool_resumes_it
 
 def test_the_scheduler_going_away_mid_run_leaves_it_interrupted_and_a_new_cluster_resumes_it(client, logdir):
     """Step b is on a worker when the scheduler closes: INTERRUPTED, ExecutorLostError; a new cluster finishes it."""
-    from tests.dask.conftest import Cluster
-
     fn = pipeline(client, logdir)
     first = Cluster()
     try:
