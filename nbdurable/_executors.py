@@ -5,8 +5,8 @@ A handler given to an executor can fail in three ways, and each has its own outc
 - it cannot be sent (the handler or an argument does not pickle): ``InputUnserializableError``,
   a non-retriable failure, since every attempt would fail the same way;
 - the executor is gone (a process pool broken by a dead worker, a pool shut down, a Dask
-  client that lost its scheduler): ``ExecutorLostError``, which stops the run INTERRUPTED so
-  it resumes on a new executor;
+  client that lost its scheduler): ``ExecutorGone``, which stops the run INTERRUPTED (its
+  caller gets ``ExecutorLostError``) so it resumes on a new executor;
 - anything else (the handler raised, or a Dask worker died running it, ``KilledWorker``) is
   one failed attempt, retried as usual.
 
@@ -28,7 +28,8 @@ from concurrent.futures import Executor
 from typing import Any
 
 from nbdurable import _keys
-from nbdurable.errors import ExecutorLostError, InputUnserializableError
+from nbdurable._lifecycle import ExecutorGone
+from nbdurable.errors import InputUnserializableError
 
 THREADS = "threads"
 PROCESSES = "processes"
@@ -166,22 +167,22 @@ class Target:
         out.__cause__ = err
         return out
 
-    def lost(self, key: str, why: str) -> ExecutorLostError:
+    def lost(self, key: str, why: str) -> ExecutorGone:
         """The error that stops a run whose executor is gone."""
         example = {
             THREADS: "concurrent.futures.ThreadPoolExecutor()",
             PROCESSES: "concurrent.futures.ProcessPoolExecutor()",
             DASK: "distributed.Client(cluster).get_executor()",
         }.get(self.kind, "<a new executor>")
-        return ExecutorLostError(
+        return ExecutorGone(
             f"step {_keys.label(key)!r} cannot run on {self.name()}: {why}. The run stops here, INTERRUPTED, with "
             f"no step stored as failed. Fix: give the client (or the function) a new executor, e.g. "
             f"client.executor = {example}, and run again: completed steps replay."
         )
 
-    def broken(self, key: str) -> ExecutorLostError:
+    def broken(self, key: str) -> ExecutorGone:
         """The error that stops a run whose process pool is broken."""
-        return ExecutorLostError(
+        return ExecutorGone(
             f"step {_keys.label(key)!r} cannot run on {self.name()}: the pool is broken, because one of its worker "
             "processes died (killed, out of memory, or unable to load a handler defined after the pool started), "
             "and a broken pool runs nothing more. The run stops here, INTERRUPTED, with no step stored as failed. "

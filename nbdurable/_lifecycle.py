@@ -19,7 +19,14 @@ from nbdurable._preview import preview
 from nbdurable._records import KEYS_ESCAPED, KEYS_LEGACY, DataRef, ErrorRecord, EventRecord, RunRecord
 from nbdurable._serde import codec_for
 from nbdurable._types import HIDE_FRAMES, NO_OUTPUT, ErrorInfo, RunStatus, StepInfo, StepStatus
-from nbdurable.errors import OutputUnserializableError, RunCancelledError, RunFailedError, RunLockedError, StepError
+from nbdurable.errors import (
+    ExecutorLostError,
+    OutputUnserializableError,
+    RunCancelledError,
+    RunFailedError,
+    RunLockedError,
+    StepError,
+)
 
 if TYPE_CHECKING:
     from nbdurable._client import Client
@@ -33,6 +40,14 @@ _IN_FLIGHT = (StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.SLEEPING, Step
 
 class CancelSignal(BaseException):
     """Private: stops a run between steps. A ``BaseException`` so user code cannot swallow it."""
+
+
+class ExecutorGone(BaseException):
+    """Private: the executor running step handlers is gone; the run stops INTERRUPTED.
+
+    A ``BaseException`` so a body's ``except Exception`` cannot swallow it and carry on
+    without an executor; the caller gets ``ExecutorLostError`` with the same message.
+    """
 
 
 class LeaseLost(BaseException):
@@ -286,12 +301,16 @@ class Lifecycle:
                 error,
             )
         if not isinstance(exc, Exception):  # an interruption: resumable, nothing stored as a failure
+            raised: BaseException = exc
+            if isinstance(exc, ExecutorGone):
+                raised = ExecutorLostError(str(exc))
+                raised.__cause__ = exc.__cause__
             for step in state.steps:
                 if step.status in _IN_FLIGHT:
                     step.status = StepStatus.INTERRUPTED
                     step.note = "interrupted; run again to resume"
                     self.interrupted_step = self.interrupted_step or step.key
-            return RunStatus.INTERRUPTED, exc, None
+            return RunStatus.INTERRUPTED, raised, None
         root: BaseException = exc.__cause__ if isinstance(exc, StepError) and exc.__cause__ is not None else exc
         step_id = exc.step_id if isinstance(exc, StepError) else None
         if isinstance(exc, OutputUnserializableError):

@@ -1,10 +1,9 @@
 """Every error and warning users of nbdurable may catch.
 
-All errors derive from :class:`NbdurableError`, except :class:`ExecutorLostError`: like
-``KeyboardInterrupt``, it stops a run (INTERRUPTED, resumable), so it derives from
-``BaseException``. Control-flow signals used inside the engine derive from
-``BaseException`` and are private, so user code that catches ``Exception`` can never
-swallow them.
+All errors derive from :class:`NbdurableError`. Control-flow signals used inside the engine
+derive from ``BaseException`` and are private, so user code that catches ``Exception`` can
+never swallow them (a lost executor stops a run through one, then its caller gets
+:class:`ExecutorLostError`).
 """
 
 from __future__ import annotations
@@ -133,18 +132,14 @@ class InputUnserializableError(NonRetriableError, TypeError):
     """
 
 
-class ExecutorLostError(BaseException):
-    """The executor running step handlers is gone: the run stops INTERRUPTED, resumable on a new one.
+class ExecutorLostError(NbdurableError):
+    """The executor running step handlers is gone: the run stopped INTERRUPTED, resumable on a new one.
 
     That is a process pool broken by a dead worker process, an executor shut down, or a Dask
     client that lost its scheduler. No step is stored as failed, so running the function
-    again with a new executor replays the completed steps and executes the rest. A
-    ``BaseException``, as ``KeyboardInterrupt`` is: a body catching ``Exception`` around a
-    step cannot swallow it and go on without its executor.
-
-    Example:
-        >>> issubclass(ExecutorLostError, Exception)
-        False
+    again with a new executor replays the completed steps and executes the rest. Inside the
+    run it travels as a private signal a body's ``except Exception`` cannot swallow; the
+    caller of ``run()`` (or ``wait()``) gets this error.
     """
 
 
