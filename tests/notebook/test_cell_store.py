@@ -8,25 +8,16 @@ from pathlib import Path
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from nbdurable import _store
 from nbdurable._cellio import Capture
-from nbdurable._process import STATE
+from tests.shell import real_shell
 
 np = pytest.importorskip("numpy")
 
 
 @pytest.fixture
 def ip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
-    monkeypatch.setenv("NBDURABLE_STORE", str(tmp_path / "store"))
-    monkeypatch.setenv("NBDURABLE_VIEW", "off")
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "nbdurable")
-    yield shell
-    shell.extension_manager.unload_extension("nbdurable")
-    shell.reset(new_session=False)
-    for path in list(STATE.open_stores):
-        if path.startswith(str(tmp_path)):
-            _store.Store.forget(path)
+    """A real shell whose store is the default ./.nbdurable of a fresh folder; the extension is unloaded after."""
+    yield from real_shell(tmp_path, monkeypatch, load=True)
 
 
 def _files(tmp_path: Path) -> dict[str, int]:

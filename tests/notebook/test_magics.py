@@ -18,6 +18,7 @@ from nbdurable._commands import table
 from nbdurable._magics import NbdurableMagics
 from nbdurable._process import STATE
 from nbdurable.testing import FakeClock
+from tests.shell import real_shell
 
 DEFINE = """
 import nbdurable
@@ -40,19 +41,8 @@ def etl(ctx):
 
 @pytest.fixture
 def ip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
-    """A real shell whose store is a fresh temporary directory; the extension is unloaded after."""
-    monkeypatch.setenv("NBDURABLE_STORE", str(tmp_path / "store"))
-    monkeypatch.setenv("NBDURABLE_VIEW", "off")
-    monkeypatch.chdir(tmp_path)
-    shell = InteractiveShell.instance()
-    hooks = list(STATE.run_hooks)
-    yield shell
-    shell.extension_manager.unload_extension("nbdurable")
-    shell.reset(new_session=False)
-    for path in list(STATE.open_stores):
-        if path.startswith(str(tmp_path)):
-            _store.Store.forget(path)
-    assert STATE.run_hooks == hooks
+    """A real shell; the extension is unloaded after."""
+    yield from real_shell(tmp_path, monkeypatch)
 
 
 def interrupted_etl(ip: InteractiveShell, at: str) -> str:

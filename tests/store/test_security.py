@@ -21,8 +21,8 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import nbdurable
 from nbdurable import _lease, _records, _store, _trust
-from nbdurable._process import STATE
 from nbdurable.testing import FakeClock, temporary_client
+from tests.shell import real_shell
 
 
 class Evil:
@@ -56,17 +56,8 @@ def marker(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def ip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
-    monkeypatch.setenv("NBDURABLE_VIEW", "off")
-    monkeypatch.chdir(tmp_path)
-    shell = InteractiveShell.instance()
-    hooks = list(STATE.run_hooks)
-    yield shell
-    shell.extension_manager.unload_extension("nbdurable")
-    shell.reset(new_session=False)
-    for path in list(STATE.open_stores):
-        if path.startswith(str(tmp_path)):
-            _store.Store.forget(path)
-    assert STATE.run_hooks == hooks
+    """A real shell whose store is the default ./.nbdurable of a fresh folder; the extension is unloaded after."""
+    yield from real_shell(tmp_path, monkeypatch, own_store=False)
 
 
 def test_load_ext_runs_and_get_run_never_unpickle_a_planted_run(
