@@ -11,13 +11,12 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from nbdurable import _history, _keys, _store
+from nbdurable import _history, _keys, _records, _store
 from nbdurable._clock import SYSTEM_CLOCK, Clock
 from nbdurable._events import Cancel, Concurrency, Event, TriggerCron, TriggerEvent, as_events, resolve_waiters
 from nbdurable._function import Function
 from nbdurable._lifecycle import cancel_if_matching
 from nbdurable._process import STATE, FlightKey, Where
-from nbdurable._records import EventRecord
 from nbdurable._run import Run, RunState
 from nbdurable._serde import check_serializer
 from nbdurable._store import Store
@@ -244,7 +243,7 @@ class Client:
         store = self.store
         ids = []
         for event in items:
-            record = EventRecord(**event.to_dict(), received_at=self.clock.now())
+            record = _records.EventRecord(**event.to_dict(), received_at=self.clock.now())
             seq = store.append_event(self.app_id, record)
             resolve_waiters(self.where, seq, event)
             self._cancel_matching(event)

@@ -16,14 +16,13 @@ import os
 import shlex
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from nbdurable import _history, _keys, _lease
 from nbdurable._client import DEFAULT_STORE, Client, default_client
 from nbdurable._events import Event
 from nbdurable._function import Function
 from nbdurable._process import STATE
-from nbdurable._records import RunRecord
 from nbdurable._store import Store
 from nbdurable._text import COLUMNS, seconds, step_cells
 from nbdurable._types import RunStatus
@@ -49,6 +48,9 @@ HELP = """\
     (or an earlier cell step) executes it again; --refresh forces that.
 
 NBDURABLE_VIEW=off silences the run view; NBDURABLE_VIEW=text never builds widgets."""
+
+if TYPE_CHECKING:
+    from nbdurable._records import RunRecord
 
 
 class CommandError(Exception):

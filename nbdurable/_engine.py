@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from nbdurable import _keys
+from nbdurable import _keys, _records
 from nbdurable._actions import IN_HANDLER, Call, Plan, Replayed, Runner, Sleep
 from nbdurable._clock import Signal
 from nbdurable._codecs import codec_for as data_codec_for
@@ -23,7 +23,6 @@ from nbdurable._diskcompat import Unreadable
 from nbdurable._fingerprint import fingerprint
 from nbdurable._lifecycle import CancelSignal, LeaseLost, Lifecycle, error_info, error_record
 from nbdurable._process import STATE
-from nbdurable._records import DataRef, StepRecord
 from nbdurable._serde import JSON, PICKLE, Codec, codec_for, return_annotation
 from nbdurable._types import CORRUPT, MISSING, UNREADABLE, ErrorInfo, StepInfo, StepStatus
 from nbdurable.errors import (
@@ -38,6 +37,7 @@ from nbdurable.errors import (
 if TYPE_CHECKING:
     from nbdurable._client import Client
     from nbdurable._function import Function
+    from nbdurable._records import DataRef, StepRecord
     from nbdurable._run import RunState
 
 
@@ -485,7 +485,7 @@ class Execution:
         info.duration = now - started
         self.current = None
         err = info.error or ErrorInfo("Error", "")
-        rec = StepRecord(
+        rec = _records.StepRecord(
             status="FAILED",
             attempts=info.attempts,
             started_at=started,

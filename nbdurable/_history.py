@@ -8,13 +8,13 @@ from nbdurable import _keys, _lease, _store
 from nbdurable._codecs import registry
 from nbdurable._diskcompat import Unreadable
 from nbdurable._process import STATE
-from nbdurable._records import DataRef, RunRecord, StepRecord
 from nbdurable._run import Run, loaded_state
 from nbdurable._serde import PICKLE, codec_for
 from nbdurable._types import CORRUPT, MISSING, NO_OUTPUT, NO_TYPE, ErrorInfo, RunStatus, StepInfo, StepStatus
 
 if TYPE_CHECKING:
     from nbdurable._client import Client
+    from nbdurable._records import DataRef, RunRecord, StepRecord
 
 
 def load(client: Client, rec: RunRecord, *, with_steps: bool = True) -> Run[Any]:

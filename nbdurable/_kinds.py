@@ -11,12 +11,12 @@ import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from nbdurable import _records
 from nbdurable._actions import Plan, Replayed, Sleep, Wait
 from nbdurable._clock import Signal
 from nbdurable._engine import Execution, Pending
 from nbdurable._events import Event, Waiter, add_waiter, remove_waiter
 from nbdurable._lifecycle import cancel_if_matching, error_info
-from nbdurable._records import StepRecord
 from nbdurable._serde import JSON, Codec, codec_for
 from nbdurable._types import NO_TYPE, UNREADABLE, RunStatus, StepInfo, StepStatus, duration_seconds, timestamp_of
 from nbdurable.errors import StepError
@@ -48,7 +48,7 @@ def finish(
     """Store a sleep, wait or invoke as completed (on disk before the step returns)."""
     now = ex.clock.now()
     started = info.started_at if info.started_at is not None else now
-    rec = StepRecord(
+    rec = _records.StepRecord(
         status="COMPLETED",
         kind=info.kind,
         attempts=1,
@@ -120,7 +120,9 @@ def _plan_sleep(
     else:
         started = ex.clock.now()
         until = wake_at(started)
-        ex.store.put(ex.prefix + key, StepRecord(status="SLEEPING", kind="sleep", started_at=started, wake_at=until))
+        ex.store.put(
+            ex.prefix + key, _records.StepRecord(status="SLEEPING", kind="sleep", started_at=started, wake_at=until)
+        )
     return _sleep(ex, key, step_id, started, until)
 
 
@@ -175,7 +177,8 @@ def plan_wait(
         after = ex.store.last_seq()
         meta = {"event": event, "if_exp": if_exp, "after": after}
         ex.store.put(
-            ex.prefix + key, StepRecord(status="WAITING", kind="wait", started_at=started, wake_at=deadline, meta=meta)
+            ex.prefix + key,
+            _records.StepRecord(status="WAITING", kind="wait", started_at=started, wake_at=deadline, meta=meta),
         )
     return _wait(ex, key, step_id, (event, if_exp), started, deadline, after)
 

@@ -12,11 +12,10 @@ import threading
 import traceback
 from typing import TYPE_CHECKING, Any
 
-from nbdurable import _keys, _lease, _store
+from nbdurable import _keys, _lease, _records, _store
 from nbdurable._codecs import codec_for as data_codec_for
 from nbdurable._events import Event
 from nbdurable._preview import preview
-from nbdurable._records import KEYS_ESCAPED, KEYS_LEGACY, DataRef, ErrorRecord, EventRecord, RunRecord
 from nbdurable._serde import codec_for
 from nbdurable._types import NO_OUTPUT, ErrorInfo, RunStatus, StepInfo, StepStatus
 from nbdurable.errors import OutputUnserializableError, RunCancelledError, RunFailedError, RunLockedError, StepError
@@ -24,6 +23,7 @@ from nbdurable.errors import OutputUnserializableError, RunCancelledError, RunFa
 if TYPE_CHECKING:
     from nbdurable._client import Client
     from nbdurable._function import Function
+    from nbdurable._records import DataRef, ErrorRecord, RunRecord
     from nbdurable._run import RunState
 
 
@@ -49,7 +49,7 @@ def error_info(exc: BaseException) -> ErrorInfo:
 
 def error_record(info: ErrorInfo) -> ErrorRecord:
     """An error as stored."""
-    return ErrorRecord(name=info.name, message=info.message, stack=info.stack)
+    return _records.ErrorRecord(name=info.name, message=info.message, stack=info.stack)
 
 
 def cancel_if_matching(state: RunState[Any], fn: Function[Any], event: Event, now: float) -> bool:
@@ -105,16 +105,18 @@ class Lifecycle:
             self.fresh = absent
             self.previous = cur
             # Runs stored before keys were escaped keep their keys; others (and new ones) escape them.
-            self.legacy_keys = cur is not None and cur.keys == KEYS_LEGACY and bool(self.store.keys(self.prefix))
+            self.legacy_keys = (
+                cur is not None and cur.keys == _records.KEYS_LEGACY and bool(self.store.keys(self.prefix))
+            )
             if cur is not None and self.fn.idempotency is not None:
                 ev = cur.event  # one idempotency key, one run: its body sees the event that created it
                 state.event = Event(ev.name, ev.data, ev.id, ev.ts)
-            base = cur or RunRecord(
+            base = cur or _records.RunRecord(
                 app=self.client.app_id,
                 function_id=self.fn.id,
                 run_id=state.id,
                 status=RunStatus.QUEUED,
-                event=EventRecord(**state.event.to_dict()),
+                event=_records.EventRecord(**state.event.to_dict()),
                 created_at=now,
                 updated_at=now,
             )
@@ -130,7 +132,7 @@ class Lifecycle:
                     "current_step": None,
                     "current_since": None,
                     "serializer": self.serializer,
-                    "keys": KEYS_LEGACY if self.legacy_keys else KEYS_ESCAPED,
+                    "keys": _records.KEYS_LEGACY if self.legacy_keys else _records.KEYS_ESCAPED,
                     "owner": self.lease.owner,
                     "heartbeat_at": now,
                 }

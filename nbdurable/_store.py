@@ -26,17 +26,16 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import diskcache
-import pydantic
 
-from nbdurable import _diskcompat, _trust
+from nbdurable import _diskcompat, _records, _trust
 from nbdurable._diskcompat import Unreadable
 from nbdurable._process import STATE
-from nbdurable._records import SCHEMA_VERSION, DataRef, EventRecord, R, Record, RunRecord, StepRecord
 from nbdurable._types import CORRUPT, MISSING, Absent
 from nbdurable.errors import StoreError
 
 if TYPE_CHECKING:
     from nbdurable._codecs import DataCodec
+    from nbdurable._records import DataRef, EventRecord, R, Record, RunRecord, StepRecord
 
 SEP = "\x1f"
 DB_FILE = "cache.db"
@@ -217,11 +216,11 @@ class Store:
         try:
             cut = raw.index(b"\n")
             record = model.model_validate_json(raw[:cut])
-        except (ValueError, TypeError, AttributeError, pydantic.ValidationError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:  # a pydantic ValidationError is a ValueError
             self._check_future(key, raw)
             self._unreadable(key, type(exc).__name__)
             return CORRUPT
-        if record.v > SCHEMA_VERSION:  # same fields today, other meaning maybe: never guess
+        if record.v > _records.SCHEMA_VERSION:  # same fields today, other meaning maybe: never guess
             self._check_future(key, raw)
         return record, raw[cut + 1 :]
 
@@ -239,10 +238,10 @@ class Store:
             version = json.loads(raw[:cut]).get("v")
         except Exception:  # noqa: BLE001 - not even JSON: plainly corrupt
             return
-        if isinstance(version, int) and version > SCHEMA_VERSION:
+        if isinstance(version, int) and version > _records.SCHEMA_VERSION:
             msg = (
                 f"the record {_pretty(key)} in {self.path!r} was written by a newer nbdurable "
-                f"(schema v{version}; this one reads v{SCHEMA_VERSION}). Fix: upgrade nbdurable "
+                f"(schema v{version}; this one reads v{_records.SCHEMA_VERSION}). Fix: upgrade nbdurable "
                 "(pip install -U nbdurable). Nothing was changed."
             )
             raise StoreError(msg)
@@ -278,7 +277,7 @@ class Store:
         path; every read validates it as a ``StepRecord``, and a test keeps the two equal.
         """
         header = {
-            "v": SCHEMA_VERSION,
+            "v": _records.SCHEMA_VERSION,
             "status": "COMPLETED",
             "kind": kind,
             "attempts": attempts,
@@ -289,7 +288,7 @@ class Store:
             "fingerprint": fingerprint,
         }
         if data is not None:
-            header["data"] = {"v": SCHEMA_VERSION, "codec": data.codec, "file": data.file, "size": data.size}
+            header["data"] = {"v": _records.SCHEMA_VERSION, "codec": data.codec, "file": data.file, "size": data.size}
         self._set(key, _encode_header(header).encode() + b"\n" + payload)
 
     def _set(self, key: str, data: bytes) -> None:
@@ -321,7 +320,7 @@ class Store:
         """A step record from a raw value given by ``scan`` (read on its own when None)."""
         if raw is None:
             return self.get_step(key)
-        return self._decode(key, raw, StepRecord)
+        return self._decode(key, raw, _records.StepRecord)
 
     # -- events -----------------------------------------------------------------------------
 
@@ -352,7 +351,7 @@ class Store:
         prefix = f"e{SEP}{app}{SEP}"
         out = []
         for key, raw in self._rows(event_key(app, seq + 1, ""), prefix):
-            got = self._decode(key, raw if raw is not None else self._read(key), EventRecord)
+            got = self._decode(key, raw if raw is not None else self._read(key), _records.EventRecord)
             if got is not MISSING and got is not CORRUPT:
                 with contextlib.suppress(ValueError, IndexError):
                     out.append((int(key.split(SEP)[2]), got[0]))
@@ -369,11 +368,11 @@ class Store:
 
     def get_run(self, key: str) -> tuple[RunRecord, bytes] | Absent:
         """A run record."""
-        return self.get(key, RunRecord)
+        return self.get(key, _records.RunRecord)
 
     def get_step(self, key: str) -> tuple[StepRecord, bytes] | Absent:
         """A step record."""
-        return self.get(key, StepRecord)
+        return self.get(key, _records.StepRecord)
 
     def update_run(
         self, key: str, change: Callable[[tuple[RunRecord, bytes] | Absent], tuple[RunRecord, bytes] | None]
@@ -401,7 +400,7 @@ class Store:
     def _run_records(self, prefix: str) -> list[RunRecord]:
         out = []
         for key, raw in self._rows(prefix, prefix):
-            got = self._decode(key, raw if raw is not None else self._read(key), RunRecord)
+            got = self._decode(key, raw if raw is not None else self._read(key), _records.RunRecord)
             if got is not MISSING and got is not CORRUPT:
                 out.append(got[0])
         return out
@@ -441,7 +440,7 @@ class Store:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
-        return DataRef(codec=codec.name, file=f"{folder}/{name}", size=size)
+        return _records.DataRef(codec=codec.name, file=f"{folder}/{name}", size=size)
 
     def data_path(self, ref: DataRef) -> str | None:
         """The full path of a data file, or None if the reference points outside the store's data."""

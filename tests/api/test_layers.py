@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
         "_serde",
         "_fingerprint",
         "_records",
+        "_models",
         "_diskcompat",
         "_trust",
         "_store",

@@ -10,7 +10,7 @@ import diskcache
 import pytest
 
 import nbdurable
-from nbdurable import _store
+from nbdurable import _records, _store
 from nbdurable.testing import temporary_client
 from tests.waiting import waiting_step
 
@@ -140,7 +140,7 @@ def test_fast_completed_step_header_reads_as_the_same_record(client: nbdurable.C
         "k", kind="run", attempts=2, started_at=1.5, ended_at=2.0, serializer="json", fingerprint="ab", payload=b"[1]"
     )
     rec, payload = client.store.get_step("k")
-    expected = _store.StepRecord(
+    expected = _records.StepRecord(
         status="COMPLETED",
         kind="run",
         attempts=2,
