@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import diskcache
 
-from nbdurable import _diskcompat, _records, _trust
+from nbdurable import _diskcompat, _index, _records, _trust
 from nbdurable._diskcompat import Unreadable
 from nbdurable._process import STATE
 from nbdurable._types import CORRUPT, MISSING, Absent
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from nbdurable._codecs import DataCodec
     from nbdurable._records import DataRef, EventRecord, R, Record, RunRecord, StepRecord
 
-SEP = "\x1f"
+SEP = _diskcompat.SEP
 DB_FILE = "cache.db"
 DATA_DIR = "data"
 """Data files (arrays, frames...) live in ``data/<run>/``, one file per stored value."""
@@ -88,13 +88,18 @@ class Store:
         self.path = path
         self.db_path = os.path.join(path, DB_FILE)
         self.created = False
-        with self._guard("open"):
+        self.read_only = False
+        """Nothing may be written (a read-only folder or volume): runs list, show and replay; executing fails."""
+        with self.guard("open"):
             if os.path.exists(path) and not os.path.isdir(path):
                 raise NotADirectoryError(errno.ENOTDIR, "is a file, not a directory", path)
             self._prepare()
-            self.cache = _diskcompat.open_cache(path)
+            self.read_only = os.path.isfile(self.db_path) and not _writable_store(path)
+            self.cache = _diskcompat.open_read_only(path) if self.read_only else _diskcompat.open_cache(path)
             st = os.stat(self.db_path)
             self._identity = (st.st_dev, st.st_ino)
+            self.indexed = _index.prepare(self)
+            """The run index is there (see ``_index``): listings read it instead of every run."""
         if self.created:
             _trust.trust_store(path)
         self.trusted = _trust.is_trusted(path)
@@ -152,7 +157,8 @@ class Store:
             store.cache.close()
 
     @contextlib.contextmanager
-    def _guard(self, action: str) -> Iterator[None]:
+    def guard(self, action: str) -> Iterator[None]:
+        """Turn the database's and file system's errors inside the block into a ``StoreError`` saying ``action``."""
         try:
             yield
         except StoreError:
@@ -188,6 +194,24 @@ class Store:
             f"(Client(store=...) or the NBDURABLE_STORE environment variable).{safe}"
         )
 
+    def check_writable(self) -> None:
+        """Fail with ``StoreError`` when nothing may be written: reading works, executing does not."""
+        if self.read_only:
+            msg = (
+                f"cannot write the nbdurable store at {self.path!r}: it is read-only (a read-only folder or volume). "
+                "Its runs can be listed, shown and replayed; executing a step needs write access. Fix: make the "
+                "directory writable, or choose another path (a copy of this folder keeps its runs: Client(store=...))."
+            )
+            raise StoreError(msg)
+
+    @contextlib.contextmanager
+    def write_transaction(self) -> Iterator[None]:
+        """One transaction for every write inside the block (files of replaced values removed after it commits)."""
+        self.check_writable()
+        self.check_identity()
+        with self.guard("write"), _diskcompat.deferred_removes(self.cache), self.cache.transact(retry=True):
+            yield
+
     def check_identity(self) -> None:
         """Fail with ``StoreError`` if the store folder was removed or replaced since it was opened."""
         try:
@@ -207,24 +231,25 @@ class Store:
 
     # -- raw records ----------------------------------------------------------------------
 
-    def _decode(self, key: str, raw: Any, model: type[R]) -> tuple[R, bytes] | Absent:
+    def decode(self, key: str, raw: Any, model: type[R]) -> tuple[R, bytes] | Absent:
         if raw is None:
             return MISSING
         if isinstance(raw, Unreadable):
-            self._unreadable(key, raw.reason)
+            self.warn_unreadable(key, raw.reason)
             return CORRUPT
         try:
             cut = raw.index(b"\n")
             record = model.model_validate_json(raw[:cut])
         except (ValueError, TypeError, AttributeError) as exc:  # a pydantic ValidationError is a ValueError
             self._check_future(key, raw)
-            self._unreadable(key, type(exc).__name__)
+            self.warn_unreadable(key, type(exc).__name__)
             return CORRUPT
         if record.v > _records.SCHEMA_VERSION:  # same fields today, other meaning maybe: never guess
             self._check_future(key, raw)
         return record, raw[cut + 1 :]
 
-    def _unreadable(self, key: str, reason: str) -> None:
+    def warn_unreadable(self, key: str, reason: str) -> None:
+        """Say that a stored record cannot be read and is treated as absent."""
         warnings.warn(
             f"nbdurable: the stored record {_pretty(key)} in {self.path!r} cannot be read "
             f"({reason}); it is treated as absent and will be written again.",
@@ -246,17 +271,28 @@ class Store:
             )
             raise StoreError(msg)
 
-    def _read(self, key: str) -> Any:
-        with self._guard("read"):
+    def read(self, key: str) -> Any:
+        with self.guard("read"):
             return _diskcompat.read_one(self.cache, key)
 
     def get(self, key: str, model: type[R]) -> tuple[R, bytes] | Absent:
         """The record and payload under ``key``, ``MISSING`` or ``CORRUPT``."""
-        return self._decode(key, self._read(key), model)
+        return self.decode(key, self.read(key), model)
 
     def put(self, key: str, record: Record, payload: bytes = b"") -> None:
-        """Write a record (durable once this returns)."""
-        self._set(key, record.model_dump_json().encode() + b"\n" + payload)
+        """Write a record (durable once this returns); a run record with its index row, in one transaction."""
+        data = record.model_dump_json().encode() + b"\n" + payload
+        kind = key[:2]
+        if kind == f"r{SEP}" and self.indexed:
+            assert isinstance(record, _records.RunRecord)
+            with self.write_transaction():
+                _diskcompat.write_value(self.cache, key, data, _diskcompat.RUN_TAG)
+                _index.index_record(self, key, record)
+            return
+        tag = None
+        if kind == f"s{SEP}" and self.indexed:
+            tag = _diskcompat.step_tag(key, getattr(record, "status", None))
+        self._set(key, data, tag)
 
     def put_completed_step(
         self,
@@ -289,44 +325,52 @@ class Store:
         }
         if data is not None:
             header["data"] = {"v": _records.SCHEMA_VERSION, "codec": data.codec, "file": data.file, "size": data.size}
-        self._set(key, _encode_header(header).encode() + b"\n" + payload)
+        value = _encode_header(header).encode() + b"\n" + payload
+        self._set(key, value, _diskcompat.step_tag(key, "COMPLETED") if self.indexed else None, new=True)
 
-    def _set(self, key: str, data: bytes) -> None:
+    def _set(self, key: str, data: bytes, tag: int | None = None, *, new: bool = False) -> None:
+        self.check_writable()
         self.check_identity()
         try:
-            self.cache.set(key, data)
+            _diskcompat.write_value(self.cache, key, data, tag, new=new)
         except _STORE_ERRORS as exc:
             raise StoreError(self._explain("write", exc)) from exc
 
     def delete(self, key: str) -> bool:
-        """Delete one record."""
+        """Delete one record (the index follows: see ``_index``)."""
+        self.check_writable()
         self.check_identity()
-        with self._guard("write"):
+        with self.guard("write"):
             return bool(self.cache.delete(key))
 
-    def _rows(self, start: str, prefix: str) -> list[tuple[str, Any]]:
-        with self._guard("read"):
+    def rows(self, start: str, prefix: str) -> list[tuple[str, Any]]:
+        with self.guard("read"):
             return _diskcompat.range_rows(self.cache, start, prefix)
 
     def keys(self, prefix: str) -> list[str]:
         """Every key that starts with ``prefix``, in key order."""
-        return [row[0] for row in self._rows(prefix, prefix)]
+        return [row[0] for row in self.rows(prefix, prefix)]
 
     def scan(self, prefix: str) -> dict[str, bytes | None]:
         """Every record under ``prefix``: its raw value, or None where it must be read on its own."""
-        return dict(self._rows(prefix, prefix))
+        return dict(self.rows(prefix, prefix))
+
+    def value_bytes(self, key: str) -> int:
+        """Bytes of the value stored under ``key`` (where it lives in a file, the file's size)."""
+        with self.guard("read"):
+            return _diskcompat.stored_bytes(self.cache, key)
 
     def decode_step(self, key: str, raw: bytes | None) -> tuple[StepRecord, bytes] | Absent:
         """A step record from a raw value given by ``scan`` (read on its own when None)."""
         if raw is None:
             return self.get_step(key)
-        return self._decode(key, raw, _records.StepRecord)
+        return self.decode(key, raw, _records.StepRecord)
 
     # -- events -----------------------------------------------------------------------------
 
     def last_seq(self) -> int:
         """The sequence number of the latest event sent (0 before any)."""
-        value = self._read(SEQ_KEY)
+        value = self.read(SEQ_KEY)
         return value if type(value) is int else 0
 
     def append_event(self, app: str, record: EventRecord) -> int:
@@ -336,8 +380,7 @@ class Store:
         that saw event N+1 can never find event N appearing later (other processes' waits
         read "every event after the last one I saw").
         """
-        self.check_identity()
-        with self._guard("write"), self.cache.transact(retry=True):
+        with self.write_transaction():
             try:
                 seq = int(self.cache.incr(SEQ_KEY, 1, default=0))
             except TypeError:  # not a number (written by other code): start the count again above it
@@ -350,8 +393,8 @@ class Store:
         """Every readable event of ``app`` sent after sequence number ``seq``, in order."""
         prefix = f"e{SEP}{app}{SEP}"
         out = []
-        for key, raw in self._rows(event_key(app, seq + 1, ""), prefix):
-            got = self._decode(key, raw if raw is not None else self._read(key), _records.EventRecord)
+        for key, raw in self.rows(event_key(app, seq + 1, ""), prefix):
+            got = self.decode(key, raw if raw is not None else self.read(key), _records.EventRecord)
             if got is not MISSING and got is not CORRUPT:
                 with contextlib.suppress(ValueError, IndexError):
                     out.append((int(key.split(SEP)[2]), got[0]))
@@ -383,27 +426,10 @@ class Store:
         returns the new record and payload, or ``None`` to leave it as is. It may raise to
         abort, leaving the record untouched.
         """
-        self.check_identity()
-        with self._guard("write"), _diskcompat.deferred_removes(self.cache), self.cache.transact(retry=True):
+        with self.write_transaction():
             new = change(self.get_run(key))
             if new is not None:
                 self.put(key, new[0], new[1])
-
-    def runs(self, app: str, function_id: str | None = None) -> list[RunRecord]:
-        """Every readable run record of an app (or one function)."""
-        return self._run_records(f"r{SEP}{app}{SEP}" + (f"{function_id}{SEP}" if function_id is not None else ""))
-
-    def all_runs(self) -> list[RunRecord]:
-        """Every readable run record of every app in the store."""
-        return self._run_records(f"r{SEP}")
-
-    def _run_records(self, prefix: str) -> list[RunRecord]:
-        out = []
-        for key, raw in self._rows(prefix, prefix):
-            got = self._decode(key, raw if raw is not None else self._read(key), _records.RunRecord)
-            if got is not MISSING and got is not CORRUPT:
-                out.append(got[0])
-        return out
 
     # -- data files ---------------------------------------------------------------------------
 
@@ -412,12 +438,28 @@ class Store:
         digest = hashlib.blake2b(f"{app}{SEP}{function_id}{SEP}{run_id}".encode(), digest_size=12).hexdigest()
         return f"{DATA_DIR}/{digest}"
 
+    def data_bytes(self, app: str, function_id: str, run_id: str) -> int:
+        """Bytes of a run's data files (one folder listing)."""
+        return _folder_bytes(os.path.join(self.path, self.data_folder(app, function_id, run_id)))
+
+    def disk_usage(self) -> dict[str, int]:
+        """Bytes on disk: the database (with its journal), values diskcache keeps in files, data files, total."""
+        database = sum(_file_bytes(self.db_path + suffix) for suffix in ("", "-wal", "-shm"))
+        data = _folder_bytes(os.path.join(self.path, DATA_DIR), deep=True)
+        values = 0
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False) and entry.name != DATA_DIR:
+                    values += _folder_bytes(entry.path, deep=True)
+        return {"database": database, "value files": values, "data files": data, "total": database + values + data}
+
     def write_data(self, folder: str, codec: DataCodec, value: Any) -> DataRef:
         """Stream ``value`` into a new data file of ``folder`` with ``codec``; the reference to store.
 
         The file is written under a temporary name and renamed once complete, so no reader ever
         sees half of it; a failed write (a full disk) removes it and raises ``StoreError``.
         """
+        self.check_writable()
         self.check_identity()
         full_folder = os.path.join(self.path, folder)
         name = f"{uuid.uuid4().hex}{codec.suffix}"
@@ -504,11 +546,38 @@ def _tighten(path: str) -> None:
                     os.chmod(full, _diskcompat.FILE_MODE)
 
 
+def _file_bytes(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _folder_bytes(path: str, *, deep: bool = False) -> int:
+    """Bytes of the files in a folder (and its subfolders when ``deep``); 0 if it does not exist."""
+    total = 0
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+                elif deep and entry.is_dir(follow_symlinks=False):
+                    total += _folder_bytes(entry.path, deep=True)
+    except OSError:
+        return total
+    return total
+
+
 def _nearly_full(path: str) -> bool:
     try:
         return shutil.disk_usage(path).free < 1 << 20
     except OSError:
         return False
+
+
+def _writable_store(path: str) -> bool:
+    """Whether a store's folder and database can be written (SQLite also writes its journal files beside it)."""
+    return os.access(path, os.W_OK) and os.access(os.path.join(path, DB_FILE), os.W_OK)
 
 
 def _writable(path: str) -> bool:

@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
         "_fingerprint",
         "_records",
         "_models",
+        "_index",
         "_diskcompat",
         "_trust",
         "_store",

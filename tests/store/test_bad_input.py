@@ -22,7 +22,7 @@ import pydantic
 import pytest
 
 import nbdurable
-from nbdurable import _records, _store
+from nbdurable import _diskcompat, _records, _store
 from nbdurable._process import STATE
 from nbdurable._store import Store
 from nbdurable.testing import FakeClock, simulate_restart
@@ -417,16 +417,16 @@ def test_disk_full_while_storing_a_step(client: nbdurable.Client, monkeypatch: p
     """The write of step b fails with 'disk is full': StoreError with the fix; a stays stored and replays."""
     count = Counter()
     f = _three_steps(client, count)
-    real_set = diskcache.Cache.set
+    real_write = _diskcompat.write_value
     b_key = _step_key(client, "b")
 
-    def set_or_full(self: Any, key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+    def write_or_full(cache: Any, key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
         if key == b_key:
             msg = "database or disk is full"
             raise sqlite3.OperationalError(msg)
-        return real_set(self, key, value, *args, **kwargs)
+        return real_write(cache, key, value, *args, **kwargs)
 
-    monkeypatch.setattr(diskcache.Cache, "set", set_or_full)
+    monkeypatch.setattr(_diskcompat, "write_value", write_or_full)
     with pytest.raises(nbdurable.NbdurableError) as info:
         f.run(run_id="r")
     error = info.value if isinstance(info.value, nbdurable.StoreError) else info.value.__cause__
@@ -436,7 +436,7 @@ def test_disk_full_while_storing_a_step(client: nbdurable.Client, monkeypatch: p
     )
     assert count.calls == {"a": 1, "b": 1}
 
-    monkeypatch.setattr(diskcache.Cache, "set", real_set)
+    monkeypatch.setattr(_diskcompat, "write_value", real_write)
     assert f.run(run_id="r") == ["a", "b", "c"]
     assert count.calls == {"a": 1, "b": 2, "c": 1}  # a replayed; b, never stored, ran again
 

@@ -10,7 +10,7 @@ import diskcache
 import pytest
 
 import nbdurable
-from nbdurable import _records, _store
+from nbdurable import _diskcompat, _records, _store
 from nbdurable.testing import temporary_client
 from tests.waiting import waiting_step
 
@@ -109,21 +109,21 @@ def test_write_failure_keeps_earlier_work(tmp_path: Path, monkeypatch: pytest.Mo
         fn = _define(client, calls)
         fn.run()
         fn.invalidate(client.runs("s")[0].id, from_step="b")
-        real_set = diskcache.Cache.set
+        real_write = _diskcompat.write_value
 
-        def full(self: diskcache.Cache, key: str, value: bytes, *args: object, **kwargs: object) -> bool:
+        def full(cache: diskcache.Cache, key: str, value: bytes, *args: object, **kwargs: object) -> None:
             if key.endswith("\x1fb"):
                 import sqlite3
 
                 raise sqlite3.OperationalError("database or disk is full")
-            return real_set(self, key, value, *args, **kwargs)
+            real_write(cache, key, value, *args, **kwargs)
 
-        monkeypatch.setattr(diskcache.Cache, "set", full)
+        monkeypatch.setattr(_diskcompat, "write_value", full)
         with pytest.raises(nbdurable.RunFailedError) as info:
             fn.run()
         assert isinstance(info.value.__cause__, nbdurable.StoreError)
         assert "free disk space" in str(info.value.__cause__)
-        monkeypatch.setattr(diskcache.Cache, "set", real_set)
+        monkeypatch.setattr(_diskcompat, "write_value", real_write)
         assert fn.run() == 2
         assert calls == ["a", "b", "b", "b"]
 
