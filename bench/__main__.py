@@ -11,7 +11,7 @@ import tempfile
 import traceback
 from collections.abc import Callable
 
-from bench import _report, _rows
+from bench import _report, _rows, _store_rows
 from bench._measure import FULL, TINY, Row, Sizes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,6 +26,9 @@ def run_all(sizes: Sizes, workdir: str, *, explain: bool) -> tuple[list[Row], bo
         ("DBOS", ["4a", "4b"], lambda: _rows.dbos_rows(ws, sizes)),
         ("view", ["6"], lambda: [_rows.view_row(ws, sizes)]),
         ("import", ["7"], lambda: [_rows.import_row(sizes)]),
+        ("store at scale", ["8", "9", "10"], lambda: _store_rows.scale_rows(workdir, sizes)),
+        ("events across processes", ["11", "12"], lambda: _store_rows.event_rows(workdir, sizes)),
+        ("large replay", ["13"], lambda: [_store_rows.big_value_row(workdir, sizes)]),
     ]
     rows: list[Row] = []
     crashed = False
@@ -41,7 +44,7 @@ def run_all(sizes: Sizes, workdir: str, *, explain: bool) -> tuple[list[Row], bo
                 rows.extend(Row(n, name, "-", "-", None, why=f"crashed: {error}") for n in numbers)
     finally:
         ws.close()
-    rows.sort(key=lambda r: r.number)
+    rows.sort(key=lambda r: (int(r.number.rstrip("ab")), r.number))
     if explain:  # the reasons come from profiling full-size runs; tiny figures are noise
         _rows.explain(rows)
     return rows, crashed

@@ -24,6 +24,13 @@ class Sizes:
     joblib_calls: int
     view_steps: int
     import_runs: int
+    store_runs: tuple[int, ...]  # rows 8-10: store sizes (runs) compared with an empty store
+    store_repeats: int
+    load_ext_runs: int
+    event_sends: int  # row 11
+    idle_seconds: float  # row 12
+    big_value_bytes: int  # row 13
+    big_repeats: int
 
 
 FULL = Sizes(
@@ -37,6 +44,13 @@ FULL = Sizes(
     joblib_calls=500,
     view_steps=2000,
     import_runs=15,
+    store_runs=(1000, 10_000, 100_000),
+    store_repeats=21,
+    load_ext_runs=7,
+    event_sends=60,
+    idle_seconds=60.0,
+    big_value_bytes=10_000_000,
+    big_repeats=15,
 )
 TINY = Sizes(
     steps=20,
@@ -49,6 +63,13 @@ TINY = Sizes(
     joblib_calls=10,
     view_steps=20,
     import_runs=2,
+    store_runs=(10, 100),
+    store_repeats=3,
+    load_ext_runs=1,
+    event_sends=3,
+    idle_seconds=1.0,
+    big_value_bytes=100_000,
+    big_repeats=2,
 )
 
 

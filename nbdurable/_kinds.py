@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from nbdurable import _records
+from nbdurable import _doorbell, _records
 from nbdurable._actions import Plan, Replayed, Sleep, Wait
 from nbdurable._clock import Signal
 from nbdurable._engine import Execution, Pending
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 STORE_POLL = 1.0
-"""Seconds between looks in the store, while waiting, for events sent by other processes."""
+"""Seconds between looks in the store while waiting, whatever rings: sends of other processes ring at once
+(``_doorbell``); this look is the safety net should a ring be lost."""
 
 
 def _load_event(payload: bytes) -> Event | None:
@@ -191,11 +192,15 @@ def _wait(
     waiter = Waiter(name, if_exp, ex.state.event.to_dict(), after, wake)
     where = (ex.store.path, ex.client.app_id)
     add_waiter(where, waiter)
+    bell: _doorbell.Subscription | None = None
     found: Event | None = None
     try:
         ex.life.set_status(RunStatus.WAITING)
+        bell = _doorbell.subscribe(ex.store.path)  # sends from other processes ring it
         last = after
         while True:
+            rung = bell.arm()  # before looking: a send committed after the look rings it
+            wake.add_callback(rung.set)
             # The store first: events sent while no process waited (kernel down) or by
             # another process; then the ones sent in this process.
             for seq, rec in ex.store.events_after(ex.client.app_id, last):
@@ -212,8 +217,11 @@ def _wait(
             left = deadline - ex.clock.now()
             if found is not None or left <= 0:
                 break
-            yield Wait(wake, min(left, STORE_POLL))
+            yield Wait(rung, min(left, STORE_POLL))
+            wake.remove_callback(rung.set)
     finally:
+        if bell is not None:
+            bell.close()
         remove_waiter(where, waiter)
         ex.drop_signal(wake)
     ex.life.set_status(RunStatus.RUNNING)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import diskcache
 
-from nbdurable import _diskcompat, _index, _records, _trust
+from nbdurable import _diskcompat, _doorbell, _index, _records, _trust
 from nbdurable._diskcompat import Unreadable
 from nbdurable._process import STATE
 from nbdurable._types import CORRUPT, MISSING, Absent
@@ -378,7 +378,8 @@ class Store:
 
         Both happen in one transaction, so sequence numbers become visible in order: a reader
         that saw event N+1 can never find event N appearing later (other processes' waits
-        read "every event after the last one I saw").
+        read "every event after the last one I saw"). Once committed, the waits of other
+        processes are woken to read it (``_doorbell``).
         """
         with self.write_transaction():
             try:
@@ -387,6 +388,7 @@ class Store:
                 self.cache.set(SEQ_KEY, 1)
                 seq = 1
             self.put(event_key(app, seq, record.id), record)
+        _doorbell.ring(self.path)
         return seq
 
     def events_after(self, app: str, seq: int) -> list[tuple[int, EventRecord]]:

@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
         "_records",
         "_models",
         "_index",
+        "_doorbell",
         "_diskcompat",
         "_trust",
         "_store",
