@@ -223,6 +223,15 @@ class Execution:
         got = self.store.decode_step(full, raw)
         return None if got is MISSING or got is CORRUPT else got
 
+    def execute_from_here(self) -> None:
+        """A step executes (replays are over): only where the store may be written, else ``StoreError``.
+
+        A read-only store replays its runs; the first step that would execute stops the run
+        here, before its handler is called, with the error saying why.
+        """
+        self.store.check_writable()
+        self.replaying = False
+
     def add_step(self, info: StepInfo, kind: str) -> None:
         """Show a step in the run (and tell the listeners)."""
         self.state.steps.append(info)
@@ -249,7 +258,7 @@ class Execution:
                 replayed = self.replay(key, step_id, rec, payload, codec, stale)
                 if replayed is not None:
                     return replayed
-        self.replaying = False
+        self.execute_from_here()
         info = StepInfo(key=key, step_id=step_id, max_attempts=self.max_attempts)
         if key == self.life.in_flight_before:
             info.note = "previous attempt never finished"

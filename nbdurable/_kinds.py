@@ -115,7 +115,7 @@ def _plan_sleep(
     got = ex.lookup(key)
     if got is not None and got[0].status == "COMPLETED":
         return ex.replayed(key, step_id, got[0], None, has_output=False)
-    ex.replaying = False
+    ex.execute_from_here()
     if got is not None and got[0].status == "SLEEPING" and got[0].wake_at is not None:
         started, until = got[0].started_at, got[0].wake_at
     else:
@@ -168,7 +168,7 @@ def plan_wait(
         if value is not UNREADABLE:
             return ex.replayed(key, step_id, got[0], value, event)
         got = None
-    ex.replaying = False
+    ex.execute_from_here()
     meta = got[0].meta if got is not None and got[0].status == "WAITING" else None
     if got is not None and meta is not None and got[0].wake_at is not None:
         started, deadline, after = got[0].started_at, got[0].wake_at, int(meta.get("after", 0))
@@ -259,7 +259,7 @@ def plan_invoke(ex: Execution, step_id: Any, function: Function[T], data: Any, t
         value = UNREADABLE if safe is None else ex.stored_value(key, safe.loads, got[1])
         if value is not UNREADABLE:
             return ex.replayed(key, step_id, got[0], value)
-    ex.replaying = False
+    ex.execute_from_here()
     child_id = hashlib.sha256(f"{ex.fn.id}\x00{ex.state.id}\x00{key}".encode()).hexdigest()[:16]
     return _invoke(ex, key, step_id, function, (dict(data or {}), seconds, child_id), codec)
 
@@ -333,6 +333,6 @@ def plan_send(ex: Execution, step_id: Any, events: list[Event]) -> Replayed[list
         ids = ex.stored_value(key, JSON.loads, got[1])
         if ids is not UNREADABLE:  # else the events are sent again: at-least-once, never lost
             return ex.replayed(key, step_id, got[0], ids)
-    ex.replaying = False
+    ex.execute_from_here()
     info = StepInfo(key=key, step_id=step_id, kind="send", max_attempts=ex.max_attempts)
     return ex.attempts(Pending(key, ex.client.send_sync, (events,), JSON, None, info, local=True))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from nbdurable import _keys, _lease, _records, _store
@@ -17,7 +18,7 @@ from nbdurable._codecs import codec_for as data_codec_for
 from nbdurable._events import Event
 from nbdurable._preview import preview
 from nbdurable._serde import codec_for
-from nbdurable._types import NO_OUTPUT, ErrorInfo, RunStatus, StepInfo, StepStatus
+from nbdurable._types import CORRUPT, MISSING, NO_OUTPUT, ErrorInfo, RunStatus, StepInfo, StepStatus
 from nbdurable.errors import OutputUnserializableError, RunCancelledError, RunFailedError, RunLockedError, StepError
 
 if TYPE_CHECKING:
@@ -139,7 +140,10 @@ class Lifecycle:
             )
             return self.record
 
-        self.lease.take(now, build)
+        if self.store.read_only:
+            self._replay_only(build)
+        else:
+            self.lease.take(now, build)
         assert self.record is not None
         state.status = RunStatus.RUNNING
         state.created_at = self.record.created_at
@@ -150,9 +154,22 @@ class Lifecycle:
         state.failed_step = None
         state.steps = []
         self.last_beat = now
-        _lease.heartbeat().add(self.beat)
+        if not self.store.read_only:
+            _lease.heartbeat().add(self.beat)
         state.emit("run_started")
         self.cancel_from_store()
+
+    def _replay_only(self, build: Callable[[RunRecord | None, bool], RunRecord]) -> None:
+        """Begin without a lease on a store nothing may be written to: its stored steps replay, nothing is written.
+
+        A run with nothing stored cannot even begin: ``StoreError`` says the store is read-only.
+        """
+        got = self.store.get_run(self.lease.key)
+        if got is MISSING or got is CORRUPT:
+            _lease.retire_owner(self.lease.owner)
+            self.store.check_writable()
+            return  # pragma: no cover - check_writable raised
+        build(got[0], False)  # noqa: FBT003 - build(current, absent), as the lease calls it
 
     def cancel_from_store(self) -> None:
         """Apply ``cancel`` events sent while no process executed this run (it was interrupted).
@@ -197,7 +214,8 @@ class Lifecycle:
             if self.ended or self.record is None:
                 return
             self.record = self.record.model_copy(update={**changes, "updated_at": now})
-            self.lease.write(self.record)
+            if not self.store.read_only:
+                self.lease.write(self.record)
             self.last_beat = now
 
     def end(self, output: Any = NO_OUTPUT, exc: BaseException | None = None, *, from_step: str | None = None) -> Any:
@@ -212,7 +230,7 @@ class Lifecycle:
         payload, data, shown = b"", None, None
         if status is RunStatus.COMPLETED:
             shown = preview(output)
-            if from_step is None:
+            if from_step is None and not self.store.read_only:
                 payload, data = self._output_payload(output)
         assert self.record is not None
         replaced = self.record.output_data
@@ -239,7 +257,8 @@ class Lifecycle:
                         "output_data": data,
                     }
                 )
-                if self.lease.write(self.record, payload) and replaced is not None and replaced != data:
+                written = not self.store.read_only and self.lease.write(self.record, payload)
+                if written and replaced is not None and replaced != data:
                     self.store.delete_data(replaced)
         finally:
             self.lease.release()
