@@ -95,6 +95,8 @@ class SafeDisk(diskcache.Disk):  # type: ignore[misc]
                 continue
             size = 0
             with open(fd, "wb") as writer:
+                if isinstance(iterator, io.BytesIO):  # bytes set whole: one write, not one per line
+                    return writer.write(iterator.getbuffer())
                 for chunk in iterator:
                     size += len(chunk)
                     writer.write(chunk)
@@ -219,9 +221,87 @@ def range_rows(cache: diskcache.Cache, start: str, prefix: str) -> list[tuple[st
     ]
 
 
+class Split:
+    """A record read from a file of its own, header and payload apart (nothing sliced or copied).
+
+    ``head`` is the bytes before the first newline; ``payload`` the rest, read straight
+    into its own buffer.
+    """
+
+    __slots__ = ("head", "payload")
+
+    def __init__(self, head: bytes, payload: bytes | bytearray) -> None:
+        self.head = head
+        self.payload = payload
+
+
+_HEAD_READ = 1 << 16
+
+
 def read_one(cache: diskcache.Cache, key: str) -> Any:
-    """The value under ``key``: bytes, None when absent, or an :class:`Unreadable`."""
-    return cache.get(key)
+    """The value under ``key``: bytes (a small value), a :class:`Split` (one in a file), None, or :class:`Unreadable`.
+
+    A value in a file is read once, its payload straight into a buffer of its size: a large
+    value is not copied again to cut its header off.
+    """
+    got = cache.get(key, read=True)
+    if got is None or isinstance(got, (bytes, Unreadable)) or not hasattr(got, "readinto"):
+        return got
+    with got:
+        try:
+            size = os.fstat(got.fileno()).st_size
+            first = got.read(min(size, _HEAD_READ))
+            cut = first.find(b"\n")
+            while cut < 0 and len(first) < size:  # a header longer than the first read
+                more = got.read(_HEAD_READ)
+                if not more:
+                    break
+                first += more
+                cut = first.find(b"\n")
+            if cut < 0:
+                return Split(first, b"")  # no newline: the header check says what is wrong
+            payload = bytearray(size - cut - 1)
+            start = len(first) - cut - 1
+            payload[:start] = memoryview(first)[cut + 1 :]
+            view = memoryview(payload)
+            while start < len(payload):
+                n = got.readinto(view[start:])
+                if not n:
+                    return Unreadable(f"its value file ended after {cut + 1 + start} of {size} bytes")
+                start += n
+        except OSError as exc:
+            return Unreadable(f"its value file cannot be read ({exc.strerror or exc})")
+    return Split(first[:cut], payload)
+
+
+class _Parts(io.RawIOBase):
+    """Bytes pieces read as one file, without joining them (what ``Cache.set(..., read=True)`` streams)."""
+
+    def __init__(self, parts: list[bytes | memoryview]) -> None:
+        self.parts = [memoryview(p) for p in parts if len(p)]
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes | memoryview:
+        if not self.parts:
+            return b""
+        part = self.parts[0]
+        if size < 0 or size >= len(part):
+            self.parts.pop(0)
+            return part
+        self.parts[0] = part[size:]
+        return part[:size]
+
+
+def write_record(
+    cache: diskcache.Cache, key: str, head: bytes, payload: bytes, tag: int | None, *, new: bool = False
+) -> None:
+    """Write ``head + newline + payload`` under ``key``; a large payload streams to its file, never joined in memory."""
+    if len(head) + 1 + len(payload) < cache._disk.min_file_size:
+        write_value(cache, key, head + b"\n" + payload, tag, new=new)
+    else:
+        cache.set(key, _Parts([head, b"\n", payload]), read=True, tag=tag)
 
 
 def make_private_dirs(path: str, top: str) -> None:

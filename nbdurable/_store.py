@@ -232,21 +232,27 @@ class Store:
     # -- raw records ----------------------------------------------------------------------
 
     def decode(self, key: str, raw: Any, model: type[R]) -> tuple[R, bytes] | Absent:
+        """The record and payload of a stored value (as ``read`` or ``rows`` give it), ``MISSING`` or ``CORRUPT``.
+
+        An unreadable record warns once here and reads as ``CORRUPT``; one written by a newer
+        nbdurable raises ``StoreError``.
+        """
         if raw is None:
             return MISSING
         if isinstance(raw, Unreadable):
             self.warn_unreadable(key, raw.reason)
             return CORRUPT
+        split = isinstance(raw, _diskcompat.Split)
         try:
-            cut = raw.index(b"\n")
-            record = model.model_validate_json(raw[:cut])
+            cut = len(raw.head) if split else raw.index(b"\n")
+            record = model.model_validate_json(raw.head if split else raw[:cut])
         except (ValueError, TypeError, AttributeError) as exc:  # a pydantic ValidationError is a ValueError
-            self._check_future(key, raw)
+            self._check_future(key, raw.head if split else raw)
             self.warn_unreadable(key, type(exc).__name__)
             return CORRUPT
         if record.v > _records.SCHEMA_VERSION:  # same fields today, other meaning maybe: never guess
-            self._check_future(key, raw)
-        return record, raw[cut + 1 :]
+            self._check_future(key, raw.head if split else raw)
+        return record, raw.payload if split else raw[cut + 1 :]
 
     def warn_unreadable(self, key: str, reason: str) -> None:
         """Say that a stored record cannot be read and is treated as absent."""
@@ -259,8 +265,8 @@ class Store:
 
     def _check_future(self, key: str, raw: Any) -> None:
         try:
-            cut = raw.index(b"\n")
-            version = json.loads(raw[:cut]).get("v")
+            cut = raw.find(b"\n")
+            version = json.loads(raw[:cut] if cut >= 0 else raw).get("v")
         except Exception:  # noqa: BLE001 - not even JSON: plainly corrupt
             return
         if isinstance(version, int) and version > _records.SCHEMA_VERSION:
@@ -281,18 +287,18 @@ class Store:
 
     def put(self, key: str, record: Record, payload: bytes = b"") -> None:
         """Write a record (durable once this returns); a run record with its index row, in one transaction."""
-        data = record.model_dump_json().encode() + b"\n" + payload
+        head = record.model_dump_json().encode()
         kind = key[:2]
         if kind == f"r{SEP}" and self.indexed:
             assert isinstance(record, _records.RunRecord)
             with self.write_transaction():
-                _diskcompat.write_value(self.cache, key, data, _diskcompat.RUN_TAG)
+                _diskcompat.write_record(self.cache, key, head, payload, _diskcompat.RUN_TAG)
                 _index.index_record(self, key, record)
             return
         tag = None
         if kind == f"s{SEP}" and self.indexed:
             tag = _diskcompat.step_tag(key, getattr(record, "status", None))
-        self._set(key, data, tag)
+        self._set(key, head, payload, tag)
 
     def put_completed_step(
         self,
@@ -325,14 +331,14 @@ class Store:
         }
         if data is not None:
             header["data"] = {"v": _records.SCHEMA_VERSION, "codec": data.codec, "file": data.file, "size": data.size}
-        value = _encode_header(header).encode() + b"\n" + payload
-        self._set(key, value, _diskcompat.step_tag(key, "COMPLETED") if self.indexed else None, new=True)
+        tag = _diskcompat.step_tag(key, "COMPLETED") if self.indexed else None
+        self._set(key, _encode_header(header).encode(), payload, tag, new=True)
 
-    def _set(self, key: str, data: bytes, tag: int | None = None, *, new: bool = False) -> None:
+    def _set(self, key: str, head: bytes, payload: bytes, tag: int | None = None, *, new: bool = False) -> None:
         self.check_writable()
         self.check_identity()
         try:
-            _diskcompat.write_value(self.cache, key, data, tag, new=new)
+            _diskcompat.write_record(self.cache, key, head, payload, tag, new=new)
         except _STORE_ERRORS as exc:
             raise StoreError(self._explain("write", exc)) from exc
 
