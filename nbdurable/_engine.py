@@ -20,7 +20,7 @@ from nbdurable._clock import Signal
 from nbdurable._codecs import codec_for as data_codec_for
 from nbdurable._codecs import registry
 from nbdurable._diskcompat import Unreadable
-from nbdurable._fingerprint import fingerprint
+from nbdurable._fingerprint import fingerprint, plain_args_fingerprint
 from nbdurable._lifecycle import CancelSignal, LeaseLost, Lifecycle, error_info, error_record
 from nbdurable._process import STATE
 from nbdurable._serde import JSON, PICKLE, Codec, codec_for, return_annotation
@@ -267,9 +267,14 @@ class Execution:
         return pending
 
     def handler_meta(self, handler: Any, args: tuple[Any, ...], output_type: Any) -> tuple[Codec, str | None]:
-        """The codec and fingerprint of a step call; cached per code object for plain calls."""
+        """The codec and fingerprint of a step call.
+
+        Cached per code object: the codec, and the fingerprint of the code, to which plain
+        arguments (numbers, strings...) are added by hashing their ``repr`` (what
+        ``fingerprint`` would do, without looking the code up again).
+        """
         code = getattr(handler, "__code__", None)
-        cacheable = code is not None and not args and output_type is None
+        cacheable = code is not None and output_type is None
         ignore = self.fn.on_change == "ignore"
         key: tuple[object, ...] = ()
         if cacheable:
@@ -280,12 +285,14 @@ class Execution:
             except TypeError:  # an unhashable annotation object: not cached
                 cacheable, meta = False, None
             if meta is not None:
-                return meta[0], None if ignore else meta[1]
+                if ignore:
+                    return meta[0], None
+                fp = meta[1] if not args else plain_args_fingerprint(meta[1], args) or fingerprint(handler, args)
+                return meta[0], fp
         codec = codec_for(self.serializer, return_annotation(handler) if output_type is None else output_type)
-        fp = fingerprint(handler, args)
         if cacheable:
-            STATE.handler_meta.put(key, (codec, fp))
-        return codec, None if ignore else fp
+            STATE.handler_meta.put(key, (codec, fingerprint(handler, ())))
+        return codec, None if ignore else fingerprint(handler, args)
 
     def safe_codec(self, key: str, stored: str, codec: Codec) -> Codec | None:
         """The codec to rebuild a stored output with, or None when it must not be loaded.
