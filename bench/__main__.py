@@ -29,6 +29,7 @@ def run_all(sizes: Sizes, workdir: str, *, explain: bool) -> tuple[list[Row], bo
         ("store at scale", ["8", "9", "10"], lambda: _store_rows.scale_rows(workdir, sizes)),
         ("events across processes", ["11", "12"], lambda: _store_rows.event_rows(workdir, sizes)),
         ("large replay", ["13"], lambda: [_store_rows.big_value_row(workdir, sizes)]),
+        ("record size", ["14"], lambda: [_store_rows.record_size_row(workdir, sizes)]),
     ]
     rows: list[Row] = []
     crashed = False
