@@ -29,6 +29,7 @@ import sqlite3
 import stat
 import threading
 import time
+import urllib.parse
 import uuid
 
 from nbdurable._clock import Signal
@@ -140,7 +141,7 @@ class Doorbell:
                 return
 
     def _poll(self) -> None:
-        db = os.path.join(self.store_path, "cache.db")
+        db = urllib.parse.quote(os.path.abspath(os.path.join(self.store_path, "cache.db")))
         try:
             con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5, check_same_thread=False)
         except sqlite3.Error:

@@ -75,11 +75,13 @@ def test_a_send_wakes_a_wait_in_another_process(tmp_path: Path) -> None:
 
 def test_without_named_pipes_the_doorbell_polls_the_database(tmp_path: Path) -> None:
     """Where FIFOs cannot be made, the waiting process notices the send by looking at the database."""
-    proc = _start_waiter(tmp_path, no_fifo=True)
-    assert not (tmp_path / "store" / _doorbell.WAKE_DIR).exists() or not any(
-        (tmp_path / "store" / _doorbell.WAKE_DIR).iterdir()
+    where = tmp_path / "a folder #1?"  # characters a database URI must escape
+    where.mkdir()
+    proc = _start_waiter(where, no_fifo=True)
+    assert not (where / "store" / _doorbell.WAKE_DIR).exists() or not any(
+        (where / "store" / _doorbell.WAKE_DIR).iterdir()
     )
-    assert _send_and_read(tmp_path, proc) == "ada"
+    assert _send_and_read(where, proc) == "ada"
 
 
 def test_a_dead_process_pipe_is_removed_by_the_next_ring(tmp_path: Path) -> None:
