@@ -11,7 +11,7 @@ import tempfile
 import traceback
 from collections.abc import Callable
 
-from bench import _dask_rows, _data_rows, _report, _rows
+from bench import _dask_rows, _data_rows, _report, _rows, _store_rows
 from bench._measure import FULL, TINY, Row, Sizes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +37,10 @@ def run_all(sizes: Sizes, workdir: str, *, explain: bool) -> tuple[list[Row], bo
             ["15a", "15b", "16", "17", "18"],
             lambda: _dask_rows.dask_rows(ws.dir, sizes.dask_steps, sizes.dask_repeats, sizes.dask_bytes),
         ),
+        ("store at scale", ["19", "20", "21"], lambda: _store_rows.scale_rows(workdir, sizes)),
+        ("events across processes", ["22", "23"], lambda: _store_rows.event_rows(workdir, sizes)),
+        ("large replay", ["24"], lambda: [_store_rows.big_value_row(workdir, sizes)]),
+        ("record size", ["25"], lambda: [_store_rows.record_size_row(workdir, sizes)]),
     ]
     rows: list[Row] = []
     crashed = False

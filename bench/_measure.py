@@ -29,6 +29,13 @@ class Sizes:
     dask_steps: int = 20  # rows 15-17: the fan-out on a LocalCluster
     dask_repeats: int = 1
     dask_bytes: int = 1_000_000  # row 18: the array a worker step returns
+    store_runs: tuple[int, ...] = (10, 100)  # rows 19-21: store sizes (runs) compared with an empty store
+    store_repeats: int = 3
+    load_ext_runs: int = 1
+    event_sends: int = 3  # row 22
+    idle_seconds: float = 1.0  # row 23
+    big_value_bytes: int = 100_000  # row 24
+    big_repeats: int = 2
 
 
 FULL = Sizes(
@@ -47,6 +54,13 @@ FULL = Sizes(
     dask_steps=1000,
     dask_repeats=5,
     dask_bytes=100_000_000,
+    store_runs=(1000, 10_000, 100_000),
+    store_repeats=21,
+    load_ext_runs=7,
+    event_sends=60,
+    idle_seconds=60.0,
+    big_value_bytes=10_000_000,
+    big_repeats=15,
 )
 TINY = Sizes(
     steps=20,
@@ -62,6 +76,13 @@ TINY = Sizes(
     dask_steps=20,
     dask_repeats=1,
     dask_bytes=1_000_000,
+    store_runs=(10, 100),
+    store_repeats=3,
+    load_ext_runs=1,
+    event_sends=3,
+    idle_seconds=1.0,
+    big_value_bytes=100_000,
+    big_repeats=2,
 )
 
 

@@ -23,7 +23,7 @@ import shlex
 import types
 from typing import Any, NoReturn
 
-from nbdurable import _execute, _history, _store
+from nbdurable import _execute, _history, _index, _records, _store
 from nbdurable._actions import Runner, drive_sync
 from nbdurable._cellast import CellShape, analyse, assigned_names
 from nbdurable._cellio import Capture, replay
@@ -177,8 +177,8 @@ class CellSteps:
         if not missing or not client.store.trusted:
             return []
         found: list[str] = []
-        runs = sorted(client.store.runs(client.app_id, fn_id), key=lambda r: r.updated_at, reverse=True)
-        for rec in runs:
+        for entry in _index.runs(client.store, client.app_id, fn_id):  # newest first
+            rec = entry.record
             manifest = self.manifest(client, fn_id, rec.run_id)
             entries = (manifest or {}).get("names", {})
             for var in [n for n in missing if n in entries and n not in found]:
@@ -339,10 +339,8 @@ class CellSteps:
         old = entry_files(previous.get("names", {}))
         if previous.get("outputs"):
             old.add(previous["outputs"]["file"])
-        from nbdurable._records import DataRef
-
         for file in old - kept:
-            client.store.delete_data(DataRef(codec="", file=file, size=0))
+            client.store.delete_data(_records.DataRef(codec="", file=file, size=0))
         print(f"%%step {name}: executed again ({manifest.get('why', 'it changed')})")  # noqa: T201
 
 

@@ -18,11 +18,11 @@ import pickle
 import types
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from nbdurable import _records
 from nbdurable._cellast import CellShape, definition_source
 from nbdurable._codecs import DataCodec, codec_for, registry
 from nbdurable._diskcompat import Unreadable
 from nbdurable._hashing import content_digest
-from nbdurable._records import DataRef
 from nbdurable.errors import NonRetriableError, OutputUnserializableError
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ def _unchanged(store: Store, before: Any, digest: str | None) -> bool:
         return False
     if before.get("digest") != digest:
         return False
-    path = store.data_path(DataRef(**before["ref"]))
+    path = store.data_path(_records.DataRef(**before["ref"]))
     try:
         return path is not None and os.stat(path).st_size == before["ref"]["size"]
     except OSError:
@@ -139,7 +139,7 @@ def _store_value(store: Store, folder: str, value: Any, before: Any) -> dict[str
     if _unchanged(store, before, digest):
         return dict(before)
     codec = codec_for(value)
-    ref: DataRef | None = None
+    ref: _records.DataRef | None = None
     if codec is not None:
         with contextlib.suppress(OutputUnserializableError):
             ref = store.write_data(folder, codec, value)
@@ -178,7 +178,7 @@ def load_entry(store: Store, entry: dict[str, Any], namespace: dict[str, Any], f
         return _SKIP
     if kind == "lambda":
         return eval(compile(entry["text"], filename, "eval"), namespace)  # noqa: S307 - the user's own lambda
-    ref = DataRef(**entry["ref"])
+    ref = _records.DataRef(**entry["ref"])
     value = store.read_data(ref, _codec_named(ref.codec), mmap=ref.size >= MMAP_FROM)
     if isinstance(value, Unreadable):
         raise OSError(value.reason)
@@ -201,7 +201,7 @@ def load_outputs(store: Store, ref: dict[str, Any] | None) -> list[dict[str, Any
     """Recorded outputs, or none when they cannot be read."""
     if ref is None:
         return []
-    value = store.read_data(DataRef(**ref), OUTPUTS_FILE, mmap=False)
+    value = store.read_data(_records.DataRef(**ref), OUTPUTS_FILE, mmap=False)
     return value if isinstance(value, list) else []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import hashlib
 import os
@@ -11,13 +12,12 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from nbdurable import _history, _keys, _store
+from nbdurable import _history, _keys, _records, _store
 from nbdurable._clock import SYSTEM_CLOCK, Clock
 from nbdurable._events import Cancel, Concurrency, Event, TriggerCron, TriggerEvent, as_events, resolve_waiters
 from nbdurable._function import Function
 from nbdurable._lifecycle import cancel_if_matching
 from nbdurable._process import STATE, FlightKey, Where
-from nbdurable._records import EventRecord
 from nbdurable._run import Run, RunState
 from nbdurable._serde import check_serializer
 from nbdurable._store import Store
@@ -251,7 +251,7 @@ class Client:
         store = self.store
         ids = []
         for event in items:
-            record = EventRecord(**event.to_dict(), received_at=self.clock.now())
+            record = _records.EventRecord(**event.to_dict(), received_at=self.clock.now())
             seq = store.append_event(self.app_id, record)
             resolve_waiters(self.where, seq, event)
             self._cancel_matching(event)
@@ -316,22 +316,60 @@ class Client:
 
     # -- runs in the store -------------------------------------------------------------------
 
-    def runs(self, fn_id: str | None = None, status: RunStatus | str | None = None) -> list[Run[Any]]:
-        """Runs in the store, newest first, optionally of one function and one status.
+    def runs(
+        self, fn_id: str | None = None, status: RunStatus | str | None = None, *, limit: int | None = None
+    ) -> list[Run[Any]]:
+        """Runs in the store, newest first (by last update), optionally of one function and one status.
+
+        Read through the store's run index: the time taken follows the number of runs
+        returned, not the number stored. Each run's ``steps`` and ``output`` are read from the
+        store when first asked for.
+
+        Args:
+            fn_id: only this function's runs.
+            status: only runs in this status (as shown: a run whose process died is INTERRUPTED).
+            limit: at most this many runs (the newest).
 
         Example:
             >>> @client.create_function(fn_id="listed")
             ... def listed(ctx: nbdurable.ContextSync) -> int:
             ...     return ctx.step.run("a", lambda: 1)
             >>> _ = listed.run()
-            >>> [(r.function_id, r.status.value) for r in client.runs("listed")]
-            [('listed', 'COMPLETED')]
+            >>> [(r.function_id, r.status.value, len(r.steps)) for r in client.runs("listed", limit=10)]
+            [('listed', 'COMPLETED', 1)]
         """
-        return _history.runs(self, fn_id, status)
+        return _history.runs(self, fn_id, status, limit)
 
     def get_run(self, run_id: str) -> Run[Any] | None:
         """A run by id (any function), with its steps and output; ``None`` if the store has none."""
         return _history.get_run(self, run_id)
+
+    def clear(self, fn_id: str | None = None, *, older_than: int | datetime.timedelta | None = None) -> int:
+        """Delete runs of this app with their steps and data files, to reclaim disk space.
+
+        Runs executing anywhere (here, or in another process holding them) are never touched.
+
+        Args:
+            fn_id: only this function's runs (every function's when omitted: then give ``older_than``).
+            older_than: only runs last updated longer ago than this (a ``timedelta``, or ms).
+
+        Returns:
+            How many runs were deleted.
+
+        Example:
+            >>> @client.create_function(fn_id="old")
+            ... def old(ctx: nbdurable.ContextSync) -> int:
+            ...     return ctx.step.run("a", lambda: 1)
+            >>> _ = old.run()
+            >>> client.clear(older_than=datetime.timedelta(days=7))  # nothing that old
+            0
+            >>> client.clear("old")
+            1
+        """
+        if fn_id is None and older_than is None:
+            msg = "Client.clear() needs fn_id or older_than. Fix: e.g. client.clear(older_than=timedelta(days=7))"
+            raise ValueError(msg)
+        return _history.clear(self, fn_id, older_than=older_than)
 
 
 def default_client() -> Client:

@@ -10,34 +10,40 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import heapq
 import html
 import json
 import os
 import shlex
 import time
-from collections.abc import Callable
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from nbdurable import _history, _keys, _lease
+from nbdurable import _history, _index, _keys, _lease, _store
 from nbdurable._cellstep import CELL_FUNCTION, describe
 from nbdurable._client import DEFAULT_STORE, Client, default_client
 from nbdurable._events import Event
 from nbdurable._function import Function
 from nbdurable._process import STATE
-from nbdurable._records import RunRecord
 from nbdurable._store import Store
 from nbdurable._text import COLUMNS, seconds, step_cells
 from nbdurable._types import RunStatus
 from nbdurable.errors import RunFailedError
 
+RUNS_SHOWN = 50
+"""How many runs ``%nbdurable runs`` shows unless told (``--limit N``)."""
+
 HELP = """\
-%nbdurable runs [FN] [--status S]    runs in the store (newest first)
-%nbdurable show RUN                  a run and its steps (RUN: an id or its first characters)
+%nbdurable runs [FN] [--status S] [--limit N]
+                                     runs in the store, newest first (the first 50 unless --limit)
+%nbdurable show RUN                  a run and its steps, with sizes on disk (RUN: an id or its first characters)
 %nbdurable resume [RUN | --all]      execute a run again (or every INTERRUPTED one); steps replay
 %nbdurable invalidate FN|RUN [--from STEP]
                                      forget stored steps so they execute again
-%nbdurable clear FN | --all          delete a function's runs (or every run in the store)
-%nbdurable store [PATH]              show the store, or use PATH from now on
+%nbdurable clear FN | --all [--older-than AGE]
+                                     delete runs with their steps and data (only those not updated for
+                                     AGE, e.g. 7d, 12h, 30m, when given); runs executing are never touched
+%nbdurable store [PATH]              the store and its size on disk, or use PATH from now on
 %nbdurable send NAME [JSON]          send an event (starts matching functions, resolves waits)
 %nbdurable help                      this text
 
@@ -49,6 +55,9 @@ HELP = """\
     cannot be stored is left out with a warning (--strict: an error).
 
 NBDURABLE_VIEW=off silences the run view; NBDURABLE_VIEW=text never builds widgets."""
+
+if TYPE_CHECKING:
+    from nbdurable._records import RunRecord
 
 
 class CommandError(Exception):
@@ -83,6 +92,53 @@ def when(ts: float | None) -> str:
     if ts is None:
         return "-"
     return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")  # noqa: DTZ006 - local time for people
+
+
+def size_text(n: int) -> str:
+    """Bytes for people.
+
+    Example:
+        >>> size_text(512), size_text(2048), size_text(3 * 1024**3)
+        ('512 B', '2.0 KB', '3.0 GB')
+    """
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"  # pragma: no cover - the loop returns at GB
+
+
+def step_summary(entry: _index.RunEntry) -> str:
+    """A run's stored steps as a listing shows them: how many, and those not completed.
+
+    Example:
+        >>> from nbdurable._index import RunEntry
+        >>> step_summary(RunEntry(record=None, completed=2, failed=1))  # type: ignore[arg-type]
+        '3 (1 failed)'
+    """
+    others = [f"{n} {status.lower()}" for status, n in entry.counts().items() if status != "COMPLETED"]
+    return f"{entry.steps}" + (f" ({', '.join(others)})" if others else "")
+
+
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str) -> float:
+    """``7d``, ``12h``, ``30m``, ``90s`` or ``2w`` as seconds; a usage error otherwise.
+
+    Example:
+        >>> parse_age("7d"), parse_age("1.5h")
+        (604800.0, 5400.0)
+    """
+    unit = _AGE_UNITS.get(text[-1:].lower())
+    try:
+        value = float(text[:-1]) if unit else float("nan")
+    except ValueError:
+        value = float("nan")
+    if unit is None or not value >= 0:
+        fail(f"--older-than: give an age such as 7d, 12h, 30m or 90s, got {text!r}")
+    return value * unit
 
 
 class _ArgParser(argparse.ArgumentParser):
@@ -139,11 +195,33 @@ class Commands:
                 paths.append(full)
         return paths
 
-    def records(self) -> list[tuple[str, RunRecord]]:
-        """Every run record in the stores in use, newest first, with its store path."""
-        out = [(path, rec) for path in self.store_paths() for rec in Store.open(path).all_runs()]
-        out.sort(key=lambda pr: pr[1].updated_at, reverse=True)
-        return out
+    def stores(self) -> list[tuple[str, Store]]:
+        """The stores in use that exist, opened."""
+        return [(path, Store.open(path)) for path in self.store_paths()]
+
+    def entries(
+        self, fn_id: str | None = None, *, statuses: tuple[str, ...] | None = None, open_only: bool = False
+    ) -> Iterator[tuple[str, _index.RunEntry]]:
+        """Runs of every store in use, newest first (read lazily: stop when you have enough)."""
+        streams = [
+            (
+                (path, e)
+                for e in _index.runs(
+                    store, None, fn_id, statuses=statuses, open_only=open_only, scoped=fn_id == CELL_FUNCTION
+                )
+            )
+            for path, store in self.stores()
+        ]
+        return heapq.merge(*streams, key=lambda pe: pe[1].record.updated_at, reverse=True)
+
+    def interrupted(self) -> list[tuple[str, RunRecord]]:
+        """The INTERRUPTED runs of the stores in use (read from the index of runs not finished)."""
+        now = time.time()
+        return [
+            (path, e.record)
+            for path, e in self.entries(open_only=True)
+            if _lease.effective_status(e.record, now) is RunStatus.INTERRUPTED
+        ]
 
     def client_for(self, path: str, app: str, fn_id: str | None = None) -> Client:
         """A client of the user's on that store and app (with ``fn_id`` if given), else a plain one."""
@@ -155,24 +233,37 @@ class Commands:
 
     def find_run(self, ref: str) -> tuple[str, RunRecord]:
         """A run by id, id prefix, or ``FN/RUN`` (when runs of several functions share an id)."""
-        records = self.records()
+        stores = self.stores()
         fn_id, _, run_ref = ref.rpartition("/") if "/" in ref else ("", "", ref)
-        if fn_id and not any(_same_function(r.function_id, fn_id) for _, r in records):
-            fn_id, run_ref = "", ref  # a run id that itself contains "/"
-        mine = [pr for pr in records if not fn_id or _same_function(pr[1].function_id, fn_id)]
-        exact = [pr for pr in mine if pr[1].run_id == run_ref]
-        found = exact or [pr for pr in mine if pr[1].run_id.startswith(run_ref)]
+        found: list[tuple[str, _index.RunEntry]] = []
+        for guess_fn, guess_ref in ([(fn_id, run_ref)] if fn_id else []) + [("", ref)]:
+            for exact in (True, False):
+                found = [
+                    (path, e)
+                    for path, store in stores
+                    for e in _index.find(
+                        store,
+                        guess_ref,
+                        function_id=guess_fn or None,
+                        prefix=not exact,
+                        limit=6,
+                        scoped=guess_fn == CELL_FUNCTION,
+                    )
+                ]
+                if found:
+                    break
+            if found:
+                break  # FN/RUN matched; else the whole text is a run id that itself contains "/"
         if not found:
             fail(f"no run {ref!r} in the store ({', '.join(self.store_paths()) or 'none yet'}); see %nbdurable runs")
-        if len({(p, r.app, r.function_id, r.run_id) for p, r in found}) > 1:
-            ids = ", ".join(f"{r.function_id}/{r.run_id}" for _, r in found[:5])
+        if len({(p, e.record.app, e.record.function_id, e.record.run_id) for p, e in found}) > 1:
+            ids = ", ".join(f"{e.record.function_id}/{e.record.run_id}" for _, e in found[:5])
             fail(f"{ref!r} matches several runs ({ids}); give more of the id, or FN/RUN")
-        return found[0]
+        return found[0][0], found[0][1].record
 
     def interrupted_notice(self) -> str:
         """One line naming the interrupted runs in the store and how to resume them ('' if none)."""
-        now = time.time()
-        hit = [(p, r) for p, r in self.records() if _lease.effective_status(r, now) is RunStatus.INTERRUPTED]
+        hit = self.interrupted()
         if not hit:
             return ""
         names = ", ".join(f"{r.function_id}/{r.run_id}" for _, r in hit[:3]) + (" ..." if len(hit) > 3 else "")
@@ -188,10 +279,11 @@ class Commands:
         self.write(HELP)
 
     def cmd_runs(self, args: list[str]) -> None:
-        """``runs [FN] [--status S]``."""
+        """``runs [FN] [--status S] [--limit N]``: the newest runs, with their steps and size on disk."""
         p = _parser("%nbdurable runs")
         p.add_argument("fn", nargs="?")
         p.add_argument("--status")
+        p.add_argument("--limit", type=int, default=RUNS_SHOWN)
         ns = p.parse_args(args)
         want = None
         if ns.status is not None:
@@ -199,25 +291,32 @@ class Commands:
                 want = RunStatus(ns.status.upper())
             except ValueError:
                 fail(f"%nbdurable runs: unknown status {ns.status!r}; one of {', '.join(s.value for s in RunStatus)}")
+        if ns.limit < 1:
+            fail(f"%nbdurable runs: --limit must be at least 1, got {ns.limit}")
         now = time.time()
-        rows = []
-        for _path, rec in self.records():
+        rows: list[list[str]] = []
+        more = False
+        for path, entry in self.entries(ns.fn, statuses=_history.stored_statuses(want)):
+            rec = entry.record
             status = _lease.effective_status(rec, now)
-            if (ns.fn is not None and not _same_function(rec.function_id, ns.fn)) or (
-                want is not None and status is not want
-            ):
+            if want is not None and status is not want:
                 continue
+            if len(rows) == ns.limit:
+                more = True
+                break
             took = seconds(rec.ended_at - rec.started_at) if rec.ended_at and rec.started_at else "-"
-            rows.append(
-                [rec.app, rec.function_id, rec.run_id, status.value, str(len(rec.steps)), took, when(rec.updated_at)]
-            )
+            size = entry.record_bytes + Store.open(path).data_bytes(rec.app, rec.function_id, rec.run_id)
+            cells = [rec.app, rec.function_id, rec.run_id, status.value, step_summary(entry)]
+            rows.append([*cells, took, when(rec.updated_at), size_text(size)])
         if not rows:
             self.write("no runs" + (f" of {ns.fn!r}" if ns.fn else "") + (f" with status {want.value}" if want else ""))
             return
-        self.show_table(table(["app", "function", "run", "status", "steps", "took", "updated"], rows))
+        self.show_table(table(["app", "function", "run", "status", "steps", "took", "updated", "size"], rows))
+        if more:
+            self.write(f"the newest {ns.limit} runs shown; --limit N to see more")
 
     def cmd_show(self, args: list[str]) -> None:
-        """``show RUN``: a run and its steps."""
+        """``show RUN``: a run and its steps, with their sizes on disk."""
         p = _parser("%nbdurable show")
         p.add_argument("run")
         ns = p.parse_args(args)
@@ -229,11 +328,23 @@ class Commands:
         self.write(lines[0])
         if run.note:
             self.write(run.note)
-        rows = [[*cells[:5], cells[5][:80]] for cells in (step_cells(step, now) for step in run.steps)]
+        sizes = _history.step_sizes(client, rec)
+        rows = [
+            [*cells[:5], cells[5][:80], size_text(sum(sizes[step.key])) if step.key in sizes else "-"]
+            for step, cells in ((step, step_cells(step, now)) for step in run.steps)
+        ]
         if rows:
-            self.show_table(table(list(COLUMNS), rows))
+            self.show_table(table([*COLUMNS, "size"], rows))
         if run.error is not None:
             self.write(f"error: {run.error.name}: {run.error.message}")
+        store = Store.open(path)
+        records = sum(record for record, _ in sizes.values())
+        run_record = store.value_bytes(_store.run_key(rec.app, rec.function_id, rec.run_id))
+        data = store.data_bytes(rec.app, rec.function_id, rec.run_id)
+        self.write(
+            f"on disk: {size_text(records + run_record + data)} (records {size_text(records + run_record)}, "
+            f"data files {size_text(data)})"
+        )
         if rec.function_id.startswith(CELL_FUNCTION):
             for line in describe(client, rec.function_id, rec.run_id):
                 self.write(line)
@@ -247,8 +358,7 @@ class Commands:
         if ns.all == (ns.run is not None):
             fail("%nbdurable resume: give a run id or --all")
         if ns.all:
-            now = time.time()
-            targets = [(q, r) for q, r in self.records() if _lease.effective_status(r, now) is RunStatus.INTERRUPTED]
+            targets = self.interrupted()
             if not targets:
                 self.write("no interrupted runs")
                 return
@@ -281,7 +391,7 @@ class Commands:
         p.add_argument("target")
         p.add_argument("--from", dest="from_step")
         ns = p.parse_args(args)
-        matches = [pr for pr in self.records() if pr[1].function_id == ns.target] or [self.find_run(ns.target)]
+        matches = [(path, e.record) for path, e in self.entries(ns.target)] or [self.find_run(ns.target)]
         total = 0
         for path, rec in matches:
             client = self.client_for(path, rec.app)
@@ -298,23 +408,30 @@ class Commands:
             self.write("no stored steps matched")
 
     def cmd_clear(self, args: list[str]) -> None:
-        """``clear FN | --all``: delete runs and their steps."""
+        """``clear FN | --all [--older-than AGE]``: delete runs with their steps and data files."""
         p = _parser("%nbdurable clear")
         p.add_argument("fn", nargs="?")
         p.add_argument("--all", action="store_true")
+        p.add_argument("--older-than", dest="older_than")
         ns = p.parse_args(args)
         if ns.all == (ns.fn is not None):
-            fail("%nbdurable clear: give a function id or --all")
+            fail("%nbdurable clear: give a function id or --all (with --older-than AGE to keep recent runs)")
+        older = None if ns.older_than is None else _dt.timedelta(seconds=parse_age(ns.older_than))
         total = 0
-        for path, app in sorted({(path, rec.app) for path, rec in self.records()}):
-            try:
-                total += _history.clear(self.client_for(path, app), None if ns.all else ns.fn, None)
-            except RuntimeError as exc:
-                fail(f"%nbdurable clear: {exc}")
-        self.write(f"cleared {total} run(s) of {'every function' if ns.all else repr(ns.fn)}")
+        for path, store in self.stores():
+            scoped = ns.fn == CELL_FUNCTION  # `%%step`: the cell steps of every notebook
+            found = _index.runs(store, None, None if ns.all else ns.fn, scoped=scoped)
+            for app, fn_id in sorted({(e.record.app, e.record.function_id if scoped else ns.fn) for e in found}):
+                try:
+                    total += _history.clear(self.client_for(path, app), fn_id, older_than=older)
+                except RuntimeError as exc:
+                    fail(f"%nbdurable clear: {exc}")
+        which = "every function" if ns.all else repr(ns.fn)
+        age = f" not updated for {ns.older_than}" if ns.older_than else ""
+        self.write(f"cleared {total} run(s) of {which}{age}")
 
     def cmd_store(self, args: list[str]) -> None:
-        """``store [PATH]``: show the store, or use PATH from now on."""
+        """``store [PATH]``: show the store and its size on disk, or use PATH from now on."""
         p = _parser("%nbdurable store")
         p.add_argument("path", nargs="?")
         ns = p.parse_args(args)
@@ -324,14 +441,17 @@ class Commands:
             where = os.path.abspath(ns.path)
             self.write(f"store: {where} (new clients and cell steps use it; existing clients keep theirs)")
             return
-        counts: dict[str, int] = {}
-        for path, _rec in self.records():
-            counts[path] = counts.get(path, 0) + 1
         here = os.path.abspath(self.store_path)
-        self.write(f"store: {here} ({counts.get(here, 0)} runs)")
-        for path, n in counts.items():
-            if path != here:
-                self.write(f"also in use: {path} ({n} runs)")
+        stores = self.stores()
+        if not any(path == here for path, _ in stores):
+            self.write(f"store: {here} (0 runs)")
+        for path, store in stores:
+            runs, _ = _index.totals(store)
+            use = store.disk_usage()
+            detail = ", ".join(f"{what} {size_text(n)}" for what, n in use.items() if what != "total")
+            mode = ", read-only" if store.read_only else ""
+            label = "store" if path == here else "also in use"
+            self.write(f"{label}: {path} ({runs} runs, {size_text(use['total'])} on disk: {detail}{mode})")
 
     def cmd_send(self, args: list[str]) -> None:
         """``send NAME [JSON]``: send an event with every client that can hear it."""
@@ -359,11 +479,6 @@ class Commands:
             seen.add(client.where)
             ids = client.send_sync(event)
             self.write(f"sent {ns.name!r} ({', '.join(ids)}) on {client!r}")
-
-
-def _same_function(stored: str, asked: str) -> bool:
-    """Whether a run's function is the one asked for; ``%%step`` names the cell steps of every notebook."""
-    return stored == asked or (asked == CELL_FUNCTION and stored.startswith(f"{CELL_FUNCTION}["))
 
 
 def user_clients(namespace: dict[str, Any]) -> list[Client]:

@@ -16,8 +16,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+import urllib.parse
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import diskcache
@@ -92,6 +95,8 @@ class SafeDisk(diskcache.Disk):  # type: ignore[misc]
                 continue
             size = 0
             with open(fd, "wb") as writer:
+                if isinstance(iterator, io.BytesIO):  # bytes set whole: one write, not one per line
+                    return writer.write(iterator.getbuffer())
                 for chunk in iterator:
                     size += len(chunk)
                     writer.write(chunk)
@@ -123,7 +128,7 @@ def deferred_removes(cache: diskcache.Cache) -> Iterator[None]:
     enclosing transaction commits: a process killed in between would leave the row naming a
     deleted file. Use it around ``cache.transact()`` so deletions happen after the commit.
     """
-    disk: SafeDisk = cache._disk  # noqa: SLF001 - this module is where diskcache's internals are used
+    disk: SafeDisk = cache._disk
     local = SafeDisk.removals
     outer = getattr(local, "deferred", None), getattr(local, "disk", None)
     deferred: list[str] = []
@@ -150,6 +155,58 @@ def open_cache(path: str) -> diskcache.Cache:
     )
 
 
+class ReadOnlyCache(diskcache.Cache):  # type: ignore[misc]
+    """A store's ``Cache`` opened for reading only (a read-only folder or volume).
+
+    diskcache's own constructor writes its settings as it opens a cache, which a read-only
+    database refuses; this one reads them and never writes. Reads (``get``, range queries)
+    behave as in a :class:`diskcache.Cache` with :class:`SafeDisk`; a write raises
+    ``sqlite3.OperationalError`` (the store checks first and says why).
+    """
+
+    def __init__(self, directory: str) -> None:  # diskcache's __init__ writes: not called on purpose
+        self._directory = directory
+        self._timeout = 30
+        self._local = threading.local()
+        self._txn_id = None
+        settings = dict(self._sql("SELECT key, value FROM Settings").fetchall())
+        for key, value in settings.items():
+            if not key.startswith(("sqlite_", "disk_")):
+                setattr(self, key, value)
+        self.statistics = 0
+        self.eviction_policy = "none"
+        self._disk = SafeDisk(
+            directory,
+            min_file_size=settings.get("disk_min_file_size", 2**15),
+            pickle_protocol=settings.get("disk_pickle_protocol", 5),
+        )
+
+    @property
+    def _con(self) -> sqlite3.Connection:
+        con: sqlite3.Connection | None = getattr(self._local, "con", None)
+        if con is None or getattr(self._local, "pid", None) != os.getpid():
+            con = self._local.con = _connect_read_only(os.path.join(self._directory, "cache.db"), self._timeout)
+            self._local.pid = os.getpid()
+        return con
+
+
+def _connect_read_only(path: str, timeout: float) -> sqlite3.Connection:
+    """A read-only connection; ``immutable`` where SQLite cannot even share its lock file (a read-only volume)."""
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path))
+    con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        con.execute("SELECT count(*) FROM sqlite_master").fetchall()
+    except sqlite3.OperationalError:
+        con.close()
+        con = sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=timeout, isolation_level=None)
+    return con
+
+
+def open_read_only(path: str) -> diskcache.Cache:
+    """The ``Cache`` of a store nothing may be written to (see :class:`ReadOnlyCache`)."""
+    return ReadOnlyCache(path)
+
+
 def range_rows(cache: diskcache.Cache, start: str, prefix: str) -> list[tuple[str, Any]]:
     """``(key, raw value or None)`` of every key from ``start`` up to the end of ``prefix``, in order.
 
@@ -157,16 +214,94 @@ def range_rows(cache: diskcache.Cache, start: str, prefix: str) -> list[tuple[st
     the inline bytes for small values, None where it lives in a file or in another mode (read
     it with :func:`read_one`, which applies :class:`SafeDisk`'s rules).
     """
-    rows = cache._sql(_RANGE_SQL, (start, prefix + _TOP)).fetchall()  # noqa: SLF001 - see the module docstring
+    rows = cache._sql(_RANGE_SQL, (start, prefix + _TOP)).fetchall()
     return [
         (key, bytes(value) if mode == MODE_RAW and isinstance(value, bytes) else None)
         for key, mode, _filename, value in rows
     ]
 
 
+class Split:
+    """A record read from a file of its own, header and payload apart (nothing sliced or copied).
+
+    ``head`` is the bytes before the first newline; ``payload`` the rest, read straight
+    into its own buffer.
+    """
+
+    __slots__ = ("head", "payload")
+
+    def __init__(self, head: bytes, payload: bytes | bytearray) -> None:
+        self.head = head
+        self.payload = payload
+
+
+_HEAD_READ = 1 << 16
+
+
 def read_one(cache: diskcache.Cache, key: str) -> Any:
-    """The value under ``key``: bytes, None when absent, or an :class:`Unreadable`."""
-    return cache.get(key)
+    """The value under ``key``: bytes (a small value), a :class:`Split` (one in a file), None, or :class:`Unreadable`.
+
+    A value in a file is read once, its payload straight into a buffer of its size: a large
+    value is not copied again to cut its header off.
+    """
+    got = cache.get(key, read=True)
+    if got is None or isinstance(got, (bytes, Unreadable)) or not hasattr(got, "readinto"):
+        return got
+    with got:
+        try:
+            size = os.fstat(got.fileno()).st_size
+            first = got.read(min(size, _HEAD_READ))
+            cut = first.find(b"\n")
+            while cut < 0 and len(first) < size:  # a header longer than the first read
+                more = got.read(_HEAD_READ)
+                if not more:
+                    break
+                first += more
+                cut = first.find(b"\n")
+            if cut < 0:
+                return Split(first, b"")  # no newline: the header check says what is wrong
+            payload = bytearray(size - cut - 1)
+            start = len(first) - cut - 1
+            payload[:start] = memoryview(first)[cut + 1 :]
+            view = memoryview(payload)
+            while start < len(payload):
+                n = got.readinto(view[start:])
+                if not n:
+                    return Unreadable(f"its value file ended after {cut + 1 + start} of {size} bytes")
+                start += n
+        except OSError as exc:
+            return Unreadable(f"its value file cannot be read ({exc.strerror or exc})")
+    return Split(first[:cut], payload)
+
+
+class _Parts(io.RawIOBase):
+    """Bytes pieces read as one file, without joining them (what ``Cache.set(..., read=True)`` streams)."""
+
+    def __init__(self, parts: list[bytes | memoryview]) -> None:
+        self.parts = [memoryview(p) for p in parts if len(p)]
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes | memoryview:
+        if not self.parts:
+            return b""
+        part = self.parts[0]
+        if size < 0 or size >= len(part):
+            self.parts.pop(0)
+            return part
+        self.parts[0] = part[size:]
+        return part[:size]
+
+
+def write_record(
+    cache: diskcache.Cache, key: str, head: bytes, payload: bytes, tag: int | None, *, new: bool = False
+) -> None:
+    """Write ``head + newline + payload`` under ``key``; a large payload streams to its file, never joined in memory."""
+    if len(head) + 1 + len(payload) < cache._disk.min_file_size:
+        write_value(cache, key, head + b"\n" + payload, tag, new=new)
+    else:
+        cache.set(key, _Parts([head, b"\n", payload]), read=True, tag=tag)
 
 
 def make_private_dirs(path: str, top: str) -> None:
@@ -183,3 +318,298 @@ def make_private_dirs(path: str, top: str) -> None:
             os.mkdir(folder, DIR_MODE)
         with contextlib.suppress(OSError):
             os.chmod(folder, DIR_MODE)
+
+
+# --- writing rows -----------------------------------------------------------------------------
+
+
+def insert_new(cache: diskcache.Cache, key: str, value: bytes, tag: int | None) -> bool:
+    """Insert a small value under a key that holds nothing yet, in one transaction; False if the key exists.
+
+    The write every first execution of a step makes: the same row ``Cache.set`` would write
+    (raw key, ``MODE_RAW`` value in the table, no expiry), without its Python work. A key
+    already present (or a value too large for the table) is left to :func:`put_value`.
+    """
+    if len(value) >= cache._disk.min_file_size:
+        return False
+    con = cache._con
+    now = time.time()
+    params = (key, now, now, tag, value)
+    if cache._txn_id == threading.get_ident():  # inside the caller's transaction
+        try:
+            con.execute(_INSERT_SQL, params)
+        except sqlite3.IntegrityError:
+            return False
+        return True
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        con.execute(_INSERT_SQL, params)
+    except sqlite3.IntegrityError:
+        con.execute("ROLLBACK")
+        return False
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+    return True
+
+
+_INSERT_SQL = (
+    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, filename, value)"
+    f" VALUES (?, 1, ?, NULL, ?, 0, ?, 0, {MODE_RAW}, NULL, ?)"
+)
+
+
+def write_value(cache: diskcache.Cache, key: str, value: bytes, tag: int | None, *, new: bool = False) -> None:
+    """Write ``value`` under ``key`` (replacing what is there), tagged for the run index.
+
+    ``new``: the key most likely holds nothing yet (a step's first execution): try the plain
+    insert of :func:`insert_new` first.
+    """
+    if not new or not insert_new(cache, key, value, tag):
+        cache.set(key, value, tag=tag)
+
+
+# --- the run index: nbdurable's own tables in the store's database ----------------------------
+#
+# ``NbdurableRuns`` holds one row per run record (its key in ``Cache``), with what listings
+# sort and filter on and per-run counters of its stored steps. Step rows of ``Cache`` carry a
+# tag: the length of their run's step prefix times 8 plus a status code, so triggers on
+# ``Cache`` find the run's row and keep its counters in the same statement that writes,
+# replaces or deletes a step, whatever code path (or process) does it. Run rows are tagged
+# ``RUN_TAG``; their index row is written by the store in the transaction that writes them.
+# A run or step row written without a tag (by an nbdurable from before the index, or any
+# other writer) is noted in ``NbdurablePending`` and indexed by the next reader.
+
+INDEX_VERSION = 1
+RUN_TAG = 0
+STEP_CODES = {"COMPLETED": 1, "FAILED": 2, "SLEEPING": 3, "WAITING": 4}
+"""Status codes in step tags; 0 is a step record that cannot be read (counted in bytes only)."""
+SEP = "\x1f"
+"""Between the parts of a key: ``r SEP app SEP function SEP run`` (ids never contain it)."""
+_RUNS = f"key >= 'r{SEP}' AND key < 'r\x20'"
+_STEPS = f"key >= 's{SEP}' AND key < 's\x20'"
+
+
+def step_tag(key: str, status: str | None) -> int | None:
+    """The tag of a step row: where its run's key ends in it, and its status (None: not a step key)."""
+    try:
+        end = key.index(SEP, key.index(SEP, key.index(SEP, 2) + 1) + 1) + 1
+    except ValueError:
+        return None
+    return (end << 3) | STEP_CODES.get(status or "", 0)
+
+
+def _delta(sign: str, row: str) -> str:
+    return (
+        f"UPDATE NbdurableRuns SET"
+        f" completed = completed {sign} ({row}.tag & 7 = 1), failed = failed {sign} ({row}.tag & 7 = 2),"
+        f" sleeping = sleeping {sign} ({row}.tag & 7 = 3), waiting = waiting {sign} ({row}.tag & 7 = 4),"
+        f" step_bytes = step_bytes {sign} (length({row}.key) + ifnull(length({row}.value), 0) + {row}.size)"
+        f" WHERE {row}.tag >= 8 AND key = 'r' || substr({row}.key, 2, ({row}.tag >> 3) - 2)"
+    )
+
+
+def _foreign(row: str) -> str:
+    return f"{row}.tag IS NULL AND ({_RUNS.replace('key', row + '.key')} OR {_STEPS.replace('key', row + '.key')})"
+
+
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS NbdurableMeta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+    (
+        "CREATE TABLE IF NOT EXISTS NbdurableRuns ("
+        " key TEXT PRIMARY KEY, app TEXT NOT NULL, function_id TEXT NOT NULL, run_id TEXT NOT NULL,"
+        " status TEXT NOT NULL, open INTEGER NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,"
+        " run_bytes INTEGER NOT NULL DEFAULT 0, step_bytes INTEGER NOT NULL DEFAULT 0,"
+        " completed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,"
+        " sleeping INTEGER NOT NULL DEFAULT 0, waiting INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID"
+    ),
+    "CREATE INDEX IF NOT EXISTS NbdurableRuns_app ON NbdurableRuns (app, updated_at)",
+    "CREATE INDEX IF NOT EXISTS NbdurableRuns_function ON NbdurableRuns (app, function_id, updated_at)",
+    "CREATE INDEX IF NOT EXISTS NbdurableRuns_status ON NbdurableRuns (app, status, updated_at)",
+    "CREATE INDEX IF NOT EXISTS NbdurableRuns_function_status ON NbdurableRuns (app, function_id, status, updated_at)",
+    "CREATE INDEX IF NOT EXISTS NbdurableRuns_run_id ON NbdurableRuns (run_id)",
+    "CREATE INDEX IF NOT EXISTS NbdurableRuns_open ON NbdurableRuns (updated_at) WHERE open = 1",
+    "CREATE TABLE IF NOT EXISTS NbdurablePending (key TEXT PRIMARY KEY) WITHOUT ROWID",
+)
+_TRIGGERS = (
+    (
+        "CREATE TRIGGER IF NOT EXISTS Nbdurable_step_insert AFTER INSERT ON Cache WHEN NEW.tag >= 8"
+        f" BEGIN {_delta('+', 'NEW')}; END"
+    ),
+    (
+        "CREATE TRIGGER IF NOT EXISTS Nbdurable_step_update AFTER UPDATE ON Cache WHEN OLD.tag >= 8 OR NEW.tag >= 8"
+        f" BEGIN {_delta('-', 'OLD')}; {_delta('+', 'NEW')}; END"
+    ),
+    (
+        "CREATE TRIGGER IF NOT EXISTS Nbdurable_step_delete AFTER DELETE ON Cache WHEN OLD.tag >= 8"
+        f" BEGIN {_delta('-', 'OLD')}; END"
+    ),
+    (
+        "CREATE TRIGGER IF NOT EXISTS Nbdurable_run_delete AFTER DELETE ON Cache"
+        f" WHEN {_RUNS.replace('key', 'OLD.key')} BEGIN DELETE FROM NbdurableRuns WHERE key = OLD.key; END"
+    ),
+    (
+        f"CREATE TRIGGER IF NOT EXISTS Nbdurable_foreign_insert AFTER INSERT ON Cache WHEN {_foreign('NEW')}"
+        " BEGIN INSERT OR IGNORE INTO NbdurablePending VALUES (NEW.key); END"
+    ),
+    (
+        f"CREATE TRIGGER IF NOT EXISTS Nbdurable_foreign_update AFTER UPDATE ON Cache WHEN {_foreign('NEW')}"
+        " BEGIN INSERT OR IGNORE INTO NbdurablePending VALUES (NEW.key); END"
+    ),
+)
+
+
+def index_version(cache: diskcache.Cache) -> int:
+    """The version of the run index in the store's database (0: none yet)."""
+    try:
+        rows = cache._sql("SELECT value FROM NbdurableMeta WHERE key = 'index'").fetchall()
+    except sqlite3.OperationalError:  # no such table: a store from before the index
+        return 0
+    return int(rows[0][0]) if rows and isinstance(rows[0][0], int) else 0
+
+
+def create_index_tables(cache: diskcache.Cache) -> None:
+    """Create the index tables (empty); call inside a transaction, then fill them, then add the triggers."""
+    for statement in _TABLES:
+        cache._sql(statement)
+    cache._sql("DELETE FROM NbdurableRuns")
+    cache._sql("DELETE FROM NbdurablePending")
+
+
+def finish_index(cache: diskcache.Cache) -> None:
+    """Add the triggers that keep the index current and record its version (same transaction)."""
+    for statement in _TRIGGERS:
+        cache._sql(statement)
+    cache._sql("INSERT OR REPLACE INTO NbdurableMeta VALUES ('index', ?)", (INDEX_VERSION,))
+
+
+def rows_to_index(cache: diskcache.Cache, runs: bool) -> list[tuple[int, str, Any]]:
+    """``(rowid, key, header)`` of every run row (or step row): the bytes before the first newline.
+
+    What an upgrade reads to build the index: the header only, also of a value in a file of
+    its own (read through :class:`SafeDisk`'s rules, so an unreadable one is :class:`Unreadable`).
+    """
+    where = _RUNS if runs else _STEPS
+    rows = cache._sql(f"SELECT rowid, key, mode, filename, value FROM Cache WHERE {where} AND raw = 1").fetchall()
+    return [(rowid, key, head(cache, mode, filename, value)) for rowid, key, mode, filename, value in rows]
+
+
+def head(cache: diskcache.Cache, mode: int, filename: Any, value: Any) -> Any:
+    """The header of a stored value (bytes before its first newline), or :class:`Unreadable`."""
+    if mode == MODE_RAW:
+        if not isinstance(value, bytes):
+            return Unreadable(f"a {type(value).__name__} where nbdurable stores bytes")
+        cut = value.find(b"\n")
+        return value if cut < 0 else value[:cut]
+    got = cache._disk.fetch(mode, filename, value, read=True)
+    if isinstance(got, Unreadable):
+        return got
+    with got:
+        return got.readline(1 << 20).rstrip(b"\n")
+
+
+def set_tags(cache: diskcache.Cache, tags: Sequence[tuple[int | None, int]]) -> None:
+    """Tag rows: ``(tag, rowid)`` pairs."""
+    cache._con.executemany("UPDATE Cache SET tag = ? WHERE rowid = ?", tags)
+
+
+_ROW_BYTES = "SELECT length(key) + ifnull(length(value), 0) + size FROM Cache WHERE key = ? AND raw = 1"
+
+
+def index_run(cache: diskcache.Cache, key: str, fields: tuple[str, str, str, str, bool, float, float]) -> None:
+    """Write the index row of a run record (inside the transaction that writes the record).
+
+    ``fields``: app, function id, run id, stored status, whether it is open (not finished),
+    created and updated times. A new row counts the run's step rows already stored (none for a
+    new run; some for a run whose record was unreadable, or an index being repaired).
+    """
+    app, function_id, run_id, status, is_open, created_at, updated_at = fields
+    sql = cache._sql
+    updated = sql(
+        f"UPDATE NbdurableRuns SET status = ?, open = ?, created_at = ?, updated_at = ?, run_bytes = ({_ROW_BYTES})"
+        " WHERE key = ?",
+        (status, int(is_open), created_at, updated_at, key, key),
+    )
+    if updated.rowcount:
+        return
+    prefix = "s" + key[1:] + SEP
+    sql(
+        "INSERT INTO NbdurableRuns (key, app, function_id, run_id, status, open, created_at, updated_at, run_bytes,"
+        " step_bytes, completed, failed, sleeping, waiting)"
+        f" SELECT ?, ?, ?, ?, ?, ?, ?, ?, ({_ROW_BYTES}),"
+        " ifnull(sum(length(key) + ifnull(length(value), 0) + size), 0),"
+        " count(CASE WHEN tag & 7 = 1 THEN 1 END), count(CASE WHEN tag & 7 = 2 THEN 1 END),"
+        " count(CASE WHEN tag & 7 = 3 THEN 1 END), count(CASE WHEN tag & 7 = 4 THEN 1 END)"
+        " FROM Cache WHERE key >= ? AND key < ? AND raw = 1 AND tag >= 8",
+        (key, app, function_id, run_id, status, int(is_open), created_at, updated_at, key, prefix, prefix + _TOP),
+    )
+
+
+def unindex_run(cache: diskcache.Cache, key: str) -> None:
+    """Drop the index row of a run (its record cannot be read)."""
+    cache._sql("DELETE FROM NbdurableRuns WHERE key = ?", (key,))
+
+
+def pending(cache: diskcache.Cache, limit: int = 1000) -> list[str]:
+    """Keys of run and step rows written without a tag since the index last took them in."""
+    try:
+        rows = cache._sql("SELECT key FROM NbdurablePending LIMIT ?", (limit,)).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    return [row[0] for row in rows]
+
+
+def take_pending(cache: diskcache.Cache, key: str, tag: int | None) -> None:
+    """Tag a pending row (``None``: it is gone) and forget it (inside a transaction)."""
+    sql = cache._sql
+    if tag is not None:
+        sql("UPDATE Cache SET tag = ? WHERE key = ? AND raw = 1 AND tag IS NULL", (tag, key))
+    sql("DELETE FROM NbdurablePending WHERE key = ?", (key,))
+
+
+INDEX_COLUMNS = "i.key, c.mode, c.value, i.completed, i.failed, i.sleeping, i.waiting, i.run_bytes + i.step_bytes"
+"""What an index query returns per run: the record's key and inline value, its step counts and bytes."""
+
+
+def index_query(cache: diskcache.Cache, where: str, params: tuple[Any, ...], order: str) -> sqlite3.Cursor:
+    """A cursor over index rows joined with their run records (read it lazily, stop when enough).
+
+    ``where`` and ``order`` are fixed SQL fragments over the index's columns (prefixed ``i.``),
+    never user text; values go in ``params``.
+    """
+    cursor: sqlite3.Cursor = cache._sql(
+        f"SELECT {INDEX_COLUMNS} FROM NbdurableRuns i JOIN Cache c ON c.key = i.key AND c.raw = 1"
+        f" WHERE {where} ORDER BY {order}",
+        params,
+    )
+    return cursor
+
+
+def index_totals(cache: diskcache.Cache) -> tuple[int, int]:
+    """How many runs the index holds, and the bytes of their records."""
+    ((count, size),) = cache._sql(
+        "SELECT count(*), ifnull(sum(run_bytes + step_bytes), 0) FROM NbdurableRuns"
+    ).fetchall()
+    return int(count), int(size)
+
+
+def value_files_bytes(cache: diskcache.Cache) -> int:
+    """Bytes of the values diskcache keeps in files of their own (it counts them as it writes)."""
+    rows = cache._sql("SELECT value FROM Settings WHERE key = 'size'").fetchall()
+    return int(rows[0][0]) if rows and isinstance(rows[0][0], int) else 0
+
+
+def head_of(cache: diskcache.Cache, key: str) -> Any:
+    """The header of the value under ``key`` (see :func:`head`), or None when there is none."""
+    rows = cache._sql("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchall()
+    if not rows:
+        return None
+    mode, filename, value = rows[0]
+    return head(cache, mode, filename, value)
+
+
+def stored_bytes(cache: diskcache.Cache, key: str) -> int:
+    """Bytes of the value under ``key``, in the table or in its file (0 when absent)."""
+    rows = cache._sql(f"SELECT ({_ROW_BYTES}) - length(?)", (key, key)).fetchall()
+    return int(rows[0][0]) if rows and rows[0][0] is not None else 0

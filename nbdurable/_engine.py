@@ -14,13 +14,12 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from nbdurable import _keys
+from nbdurable import _keys, _records
 from nbdurable._actions import IN_HANDLER, Call, Plan, Replayed, Runner, Sleep
 from nbdurable._clock import Signal
-from nbdurable._fingerprint import fingerprint
+from nbdurable._fingerprint import fingerprint, plain_args_fingerprint
 from nbdurable._lifecycle import CancelSignal, LeaseLost, Lifecycle, error_info, error_record
 from nbdurable._process import STATE
-from nbdurable._records import DataRef, StepRecord
 from nbdurable._serde import Codec, codec_for, return_annotation
 from nbdurable._types import CORRUPT, HIDE_FRAMES, MISSING, UNREADABLE, ErrorInfo, StepInfo, StepStatus
 from nbdurable._values import StepValues
@@ -36,6 +35,7 @@ from nbdurable.errors import (
 if TYPE_CHECKING:
     from nbdurable._client import Client
     from nbdurable._function import Function
+    from nbdurable._records import DataRef, StepRecord
     from nbdurable._run import RunState
 
 
@@ -229,6 +229,15 @@ class Execution:
         got = self.store.decode_step(full, raw)
         return None if got is MISSING or got is CORRUPT else got
 
+    def execute_from_here(self) -> None:
+        """A step executes (replays are over): only where the store may be written, else ``StoreError``.
+
+        A read-only store replays its runs; the first step that would execute stops the run
+        here, before its handler is called, with the error saying why.
+        """
+        self.store.check_writable()
+        self.replaying = False
+
     def add_step(self, info: StepInfo, kind: str) -> None:
         """Show a step in the run (and tell the listeners)."""
         self.state.steps.append(info)
@@ -255,7 +264,7 @@ class Execution:
                 replayed = self.replay(key, step_id, rec, payload, codec, stale)
                 if replayed is not None:
                     return replayed
-        self.replaying = False
+        self.execute_from_here()
         info = StepInfo(key=key, step_id=step_id, max_attempts=self.max_attempts)
         if key == self.life.in_flight_before:
             info.note = "previous attempt never finished"
@@ -264,9 +273,14 @@ class Execution:
         return pending
 
     def handler_meta(self, handler: Any, args: tuple[Any, ...], output_type: Any) -> tuple[Codec, str | None]:
-        """The codec and fingerprint of a step call; cached per code object for plain calls."""
+        """The codec and fingerprint of a step call.
+
+        Cached per code object: the codec, and the fingerprint of the code, to which plain
+        arguments (numbers, strings...) are added by hashing their ``repr`` (what
+        ``fingerprint`` would do, without looking the code up again).
+        """
         code = getattr(handler, "__code__", None)
-        cacheable = code is not None and not args and output_type is None
+        cacheable = code is not None and output_type is None
         ignore = self.fn.on_change == "ignore"
         key: tuple[object, ...] = ()
         if cacheable:
@@ -277,12 +291,14 @@ class Execution:
             except TypeError:  # an unhashable annotation object: not cached
                 cacheable, meta = False, None
             if meta is not None:
-                return meta[0], None if ignore else meta[1]
+                if ignore:
+                    return meta[0], None
+                fp = meta[1] if not args else plain_args_fingerprint(meta[1], args) or fingerprint(handler, args)
+                return meta[0], fp
         codec = codec_for(self.serializer, return_annotation(handler) if output_type is None else output_type)
-        fp = fingerprint(handler, args)
         if cacheable:
-            STATE.handler_meta.put(key, (codec, fp))
-        return codec, None if ignore else fp
+            STATE.handler_meta.put(key, (codec, fingerprint(handler, ())))
+        return codec, None if ignore else fingerprint(handler, args)
 
     def replay(
         self, key: str, step_id: str, rec: StepRecord, payload: bytes, codec: Codec, stale: bool
@@ -425,7 +441,7 @@ class Execution:
         info.duration = now - started
         self.current = None
         err = info.error or ErrorInfo("Error", "")
-        rec = StepRecord(
+        rec = _records.StepRecord(
             status="FAILED",
             attempts=info.attempts,
             started_at=started,

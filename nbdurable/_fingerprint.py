@@ -35,6 +35,16 @@ def _code_fingerprint(fn: Any) -> str:
     return found
 
 
+def plain_args_fingerprint(base: str, args: tuple[Any, ...]) -> str | None:
+    """The fingerprint of a call of code ``base`` with plain arguments (None if any is not plain).
+
+    The repr of plain values is stable and cheap.
+    """
+    if all(type(a) in _PLAIN for a in args):
+        return _digest(f"{base}|{args!r}".encode())
+    return None
+
+
 def fingerprint(handler: Any, args: tuple[Any, ...]) -> str:
     """A short hash of the handler's source (or bytecode) and its arguments.
 
@@ -51,8 +61,10 @@ def fingerprint(handler: Any, args: tuple[Any, ...]) -> str:
     base = _code_fingerprint(fn)
     if not args and not kwargs:
         return base
-    if not kwargs and all(type(a) in _PLAIN for a in args):
-        return _digest(f"{base}|{args!r}".encode())  # repr of plain values is stable and cheap
+    if not kwargs:
+        plain = plain_args_fingerprint(base, args)
+        if plain is not None:
+            return plain
     # Data (arrays, frames) by the content of their buffers, containers by their items, other
     # objects (a client, a model passed along) by their class.
     content = content_digest((args, sorted(kwargs.items())), objects=False)

@@ -222,13 +222,13 @@ class Function(Generic[T]):
 
     # -- managing runs -----------------------------------------------------------------------
 
-    def runs(self, status: RunStatus | str | None = None) -> list[Run[T]]:
-        """This function's runs in the store (newest first)."""
-        return self.client.runs(self.id, status=status)
+    def runs(self, status: RunStatus | str | None = None, *, limit: int | None = None) -> list[Run[T]]:
+        """This function's runs in the store (newest first; at most ``limit``)."""
+        return self.client.runs(self.id, status=status, limit=limit)
 
-    def clear(self, run_id: str | None = None) -> int:
-        """Delete a run (or every run of this function) and its stored steps; returns runs deleted."""
-        return _history.clear(self.client, self.id, run_id)
+    def clear(self, run_id: str | None = None, *, older_than: Any = None) -> int:
+        """Delete a run (or every run of this function, or those older than ``older_than``); returns runs deleted."""
+        return _history.clear(self.client, self.id, run_id, older_than=older_than)
 
     def invalidate(self, run_id: str, from_step: str | None = None) -> list[str]:
         """Forget stored steps of a run so they execute again on the next run.

@@ -4,23 +4,33 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from nbdurable import _keys, _lease, _store
+from nbdurable import _index, _keys, _lease, _store
 from nbdurable._codecs import registry
 from nbdurable._diskcompat import Unreadable
 from nbdurable._process import STATE
-from nbdurable._records import DataRef, RunRecord, StepRecord
 from nbdurable._run import Run, loaded_state
 from nbdurable._serde import PICKLE, codec_for
-from nbdurable._types import CORRUPT, MISSING, NO_OUTPUT, NO_TYPE, ErrorInfo, RunStatus, StepInfo, StepStatus
+from nbdurable._types import (
+    CORRUPT,
+    MISSING,
+    NO_OUTPUT,
+    NO_TYPE,
+    ErrorInfo,
+    RunStatus,
+    StepInfo,
+    StepStatus,
+    duration_seconds,
+)
 
 if TYPE_CHECKING:
     from nbdurable._client import Client
+    from nbdurable._records import DataRef, RunRecord, StepRecord
 
 
-def load(client: Client, rec: RunRecord, *, with_steps: bool = True) -> Run[Any]:
+def load(client: Client, rec: RunRecord) -> Run[Any]:
     """The run of a record: the live one if an execution of it is in flight here, else a snapshot.
 
-    A snapshot's output is read from the store when first asked for.
+    A snapshot's steps and output are read from the store when first asked for.
     """
     with STATE.lock:
         live = STATE.in_flight.get((*client.where, rec.function_id, rec.run_id))
@@ -34,8 +44,7 @@ def load(client: Client, rec: RunRecord, *, with_steps: bool = True) -> Run[Any]
             got = client.store.get_run(_store.run_key(client.app_id, rec.function_id, rec.run_id))
             return NO_OUTPUT if got is MISSING or got is CORRUPT else stored_output(client, rec, got[1])
 
-    steps = stored_steps(client, rec) if with_steps else None
-    return loaded_state(client, rec, status, steps=steps, output=loader).handle
+    return loaded_state(client, rec, status, steps=lambda: stored_steps(client, rec), output=loader).handle
 
 
 def stored_output(client: Client, rec: RunRecord, payload: bytes) -> Any:
@@ -96,6 +105,18 @@ def step_order(client: Client, rec: RunRecord) -> list[tuple[str, StepRecord]]:
     return [(k, found[k]) for k in listed + rest]
 
 
+def step_sizes(client: Client, rec: RunRecord) -> dict[str, tuple[int, int]]:
+    """Bytes on disk of each stored step of a run: its record (key and value), and its data file."""
+    prefix = _store.step_prefix(client.app_id, rec.function_id, rec.run_id)
+    out: dict[str, tuple[int, int]] = {}
+    for full, raw in client.store.scan(prefix).items():
+        size = len(full) + (len(raw) if raw is not None else client.store.value_bytes(full))
+        got = client.store.decode_step(full, raw)
+        data = got[0].data.size if got is not MISSING and got is not CORRUPT and got[0].data is not None else 0
+        out[full[len(prefix) :]] = (size, data)
+    return out
+
+
 def stored_steps(client: Client, rec: RunRecord) -> list[StepInfo]:
     """What views show of a run's stored steps."""
     out = []
@@ -128,20 +149,44 @@ def stored_steps(client: Client, rec: RunRecord) -> list[StepInfo]:
     return out
 
 
-def runs(client: Client, fn_id: str | None = None, status: RunStatus | str | None = None) -> list[Run[Any]]:
-    """Runs in the store, newest first, optionally of one function and one status."""
+def stored_statuses(want: RunStatus | None) -> tuple[str, ...] | None:
+    """The stored statuses a run shown as ``want`` can have (an active run whose owner died shows INTERRUPTED)."""
+    if want is None:
+        return None
+    if want.finished:
+        return (want.value,)
+    return _index.OPEN_STATUSES  # live here, a run may be ahead of its record
+
+
+def runs(
+    client: Client, fn_id: str | None = None, status: RunStatus | str | None = None, limit: int | None = None
+) -> list[Run[Any]]:
+    """Runs in the store, newest first, optionally of one function and one status, at most ``limit``.
+
+    Read through the run index: the time taken follows the number of runs returned, not the
+    number stored. Each run's steps are read when first asked for.
+    """
     want = RunStatus(status) if status is not None else None
-    recs = sorted(client.store.runs(client.app_id, fn_id), key=lambda r: r.updated_at, reverse=True)
-    out = [load(client, r, with_steps=False) for r in recs]
-    return [r for r in out if want is None or r.status is want]
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        msg = f"limit must be None or an int >= 0, got {limit!r}"
+        raise ValueError(msg)
+    out: list[Run[Any]] = []
+    if limit == 0:
+        return out
+    entries = _index.runs(client.store, client.app_id, fn_id, statuses=stored_statuses(want))
+    for entry in entries:
+        run = load(client, entry.record)
+        if want is None or run.status is want:
+            out.append(run)
+            if limit is not None and len(out) >= limit:
+                break
+    return out
 
 
 def get_run(client: Client, run_id: str) -> Run[Any] | None:
     """A run by id (any function), with its steps and output; ``None`` if the store has none."""
-    for rec in client.store.runs(client.app_id):
-        if rec.run_id == run_id:
-            return load(client, rec)
-    return None
+    found = _index.find(client.store, run_id, app=client.app_id)
+    return load(client, found[0].record) if found else None
 
 
 def refuse_if_live(client: Client, fn_id: str, run_id: str, doing: str) -> None:
@@ -153,17 +198,65 @@ def refuse_if_live(client: Client, fn_id: str, run_id: str, doing: str) -> None:
         raise RuntimeError(msg)
 
 
-def clear(client: Client, fn_id: str | None, run_id: str | None) -> int:
-    """Delete runs (of a function, or one) and their stored steps; how many runs were deleted."""
-    recs = [r for r in client.store.runs(client.app_id, fn_id) if run_id is None or r.run_id == run_id]
-    for rec in recs:
-        refuse_if_live(client, rec.function_id, rec.run_id, "clearing")
-    for rec in recs:
-        client.store.delete_prefix(_store.step_prefix(client.app_id, rec.function_id, rec.run_id))
-        client.store.delete(_store.run_key(client.app_id, rec.function_id, rec.run_id))
-        client.store.delete_data_folder(client.store.data_folder(client.app_id, rec.function_id, rec.run_id))
-        client.forget_run(rec.function_id, rec.run_id)
-    return len(recs)
+def clear(client: Client, fn_id: str | None, run_id: str | None = None, *, older_than: Any = None) -> int:
+    """Delete runs with their steps and data files; how many were deleted.
+
+    Which runs: one (``run_id``), or every run of a function (``fn_id``) or of the app, only
+    those last updated more than ``older_than`` ago (ms or a ``timedelta``) when given. A run
+    executing anywhere (in this process, or in another one whose lease is alive) is never
+    touched: named one by one it is refused with ``RuntimeError``; picked by age it is skipped.
+    """
+    store = client.store
+    app = client.app_id
+    if run_id is not None:
+        entries = _index.find(store, run_id, app=app, function_id=fn_id)
+    elif older_than is not None:
+        cutoff = client.clock.now() - duration_seconds(older_than, "older_than")
+        entries = list(_index.runs(store, app, fn_id, before=cutoff))
+    else:
+        entries = list(_index.runs(store, app, fn_id))
+    by_age = run_id is None and older_than is not None
+    if not by_age:
+        for entry in entries:
+            refuse_if_live(client, entry.record.function_id, entry.record.run_id, "clearing")
+    deleted = 0
+    for entry in entries:
+        rec = entry.record
+        if by_age and _live_here(client, rec.function_id, rec.run_id):
+            continue
+        if _drop(client, rec, refuse=not by_age):
+            client.forget_run(rec.function_id, rec.run_id)
+            deleted += 1
+    return deleted
+
+
+def _live_here(client: Client, fn_id: str, run_id: str) -> bool:
+    with STATE.lock:
+        state = STATE.in_flight.get((*client.where, fn_id, run_id))
+    return state is not None and not state.finished.is_set()
+
+
+def _drop(client: Client, rec: RunRecord, *, refuse: bool) -> bool:
+    """Delete one run in one transaction, unless another process holds it (then refuse, or skip)."""
+    store = client.store
+    key = _store.run_key(client.app_id, rec.function_id, rec.run_id)
+    with store.write_transaction():
+        got = store.get_run(key)
+        if got is not MISSING and got is not CORRUPT:
+            now = client.clock.now()
+            cur = got[0]
+            if cur.status.active and cur.owner is not None and _lease.effective_status(cur, now) is cur.status:
+                if refuse:
+                    msg = (
+                        f"run {rec.run_id!r} of {rec.function_id!r} is executing in another process (host "
+                        f"{cur.owner.host}, pid {cur.owner.pid}); wait for it (or stop it) before clearing it"
+                    )
+                    raise RuntimeError(msg)
+                return False
+        store.delete_prefix(_store.step_prefix(client.app_id, rec.function_id, rec.run_id))
+        store.delete(key)
+        store.delete_data_folder(store.data_folder(client.app_id, rec.function_id, rec.run_id))
+    return True
 
 
 def invalidate(client: Client, fn_id: str, run_id: str, from_step: str | None) -> list[str]:

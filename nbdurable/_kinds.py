@@ -11,12 +11,12 @@ import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from nbdurable import _doorbell, _records
 from nbdurable._actions import Plan, Replayed, Sleep, Wait
 from nbdurable._clock import Signal
 from nbdurable._engine import Execution, Pending
 from nbdurable._events import Event, Waiter, add_waiter, remove_waiter
 from nbdurable._lifecycle import cancel_if_matching, error_info
-from nbdurable._records import StepRecord
 from nbdurable._serde import JSON, Codec, codec_for
 from nbdurable._types import NO_TYPE, UNREADABLE, RunStatus, StepInfo, StepStatus, duration_seconds, timestamp_of
 from nbdurable.errors import StepError
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 STORE_POLL = 1.0
-"""Seconds between looks in the store, while waiting, for events sent by other processes."""
+"""Seconds between looks in the store while waiting, whatever rings: sends of other processes ring at once
+(``_doorbell``); this look is the safety net should a ring be lost."""
 
 
 def _load_event(payload: bytes) -> Event | None:
@@ -48,7 +49,7 @@ def finish(
     """Store a sleep, wait or invoke as completed (on disk before the step returns)."""
     now = ex.clock.now()
     started = info.started_at if info.started_at is not None else now
-    rec = StepRecord(
+    rec = _records.StepRecord(
         status="COMPLETED",
         kind=info.kind,
         attempts=1,
@@ -114,13 +115,15 @@ def _plan_sleep(
     got = ex.lookup(key)
     if got is not None and got[0].status == "COMPLETED":
         return ex.replayed(key, step_id, got[0], None, has_output=False)
-    ex.replaying = False
+    ex.execute_from_here()
     if got is not None and got[0].status == "SLEEPING" and got[0].wake_at is not None:
         started, until = got[0].started_at, got[0].wake_at
     else:
         started = ex.clock.now()
         until = wake_at(started)
-        ex.store.put(ex.prefix + key, StepRecord(status="SLEEPING", kind="sleep", started_at=started, wake_at=until))
+        ex.store.put(
+            ex.prefix + key, _records.StepRecord(status="SLEEPING", kind="sleep", started_at=started, wake_at=until)
+        )
     return _sleep(ex, key, step_id, started, until)
 
 
@@ -165,7 +168,7 @@ def plan_wait(
         if value is not UNREADABLE:
             return ex.replayed(key, step_id, got[0], value, event)
         got = None
-    ex.replaying = False
+    ex.execute_from_here()
     meta = got[0].meta if got is not None and got[0].status == "WAITING" else None
     if got is not None and meta is not None and got[0].wake_at is not None:
         started, deadline, after = got[0].started_at, got[0].wake_at, int(meta.get("after", 0))
@@ -175,7 +178,8 @@ def plan_wait(
         after = ex.store.last_seq()
         meta = {"event": event, "if_exp": if_exp, "after": after}
         ex.store.put(
-            ex.prefix + key, StepRecord(status="WAITING", kind="wait", started_at=started, wake_at=deadline, meta=meta)
+            ex.prefix + key,
+            _records.StepRecord(status="WAITING", kind="wait", started_at=started, wake_at=deadline, meta=meta),
         )
     return _wait(ex, key, step_id, (event, if_exp), started, deadline, after)
 
@@ -188,11 +192,15 @@ def _wait(
     waiter = Waiter(name, if_exp, ex.state.event.to_dict(), after, wake)
     where = (ex.store.path, ex.client.app_id)
     add_waiter(where, waiter)
+    bell: _doorbell.Subscription | None = None
     found: Event | None = None
     try:
         ex.life.set_status(RunStatus.WAITING)
+        bell = _doorbell.subscribe(ex.store.path)  # sends from other processes ring it
         last = after
         while True:
+            rung = bell.arm()  # before looking: a send committed after the look rings it
+            wake.add_callback(rung.set)
             # The store first: events sent while no process waited (kernel down) or by
             # another process; then the ones sent in this process.
             for seq, rec in ex.store.events_after(ex.client.app_id, last):
@@ -209,8 +217,11 @@ def _wait(
             left = deadline - ex.clock.now()
             if found is not None or left <= 0:
                 break
-            yield Wait(wake, min(left, STORE_POLL))
+            yield Wait(rung, min(left, STORE_POLL))
+            wake.remove_callback(rung.set)
     finally:
+        if bell is not None:
+            bell.close()
         remove_waiter(where, waiter)
         ex.drop_signal(wake)
     ex.life.set_status(RunStatus.RUNNING)
@@ -248,7 +259,7 @@ def plan_invoke(ex: Execution, step_id: Any, function: Function[T], data: Any, t
         value = UNREADABLE if safe is None else ex.values.stored_value(key, safe.loads, got[1])
         if value is not UNREADABLE:
             return ex.replayed(key, step_id, got[0], value)
-    ex.replaying = False
+    ex.execute_from_here()
     child_id = hashlib.sha256(f"{ex.fn.id}\x00{ex.state.id}\x00{key}".encode()).hexdigest()[:16]
     return _invoke(ex, key, step_id, function, (dict(data or {}), seconds, child_id), codec)
 
@@ -322,6 +333,6 @@ def plan_send(ex: Execution, step_id: Any, events: list[Event]) -> Replayed[list
         ids = ex.values.stored_value(key, JSON.loads, got[1])
         if ids is not UNREADABLE:  # else the events are sent again: at-least-once, never lost
             return ex.replayed(key, step_id, got[0], ids)
-    ex.replaying = False
+    ex.execute_from_here()
     info = StepInfo(key=key, step_id=step_id, kind="send", max_attempts=ex.max_attempts)
     return ex.attempts(Pending(key, ex.client.send_sync, (events,), JSON, None, info, local=True))

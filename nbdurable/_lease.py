@@ -15,9 +15,10 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from nbdurable import _records
 from nbdurable._process import STATE
-from nbdurable._records import Owner, RunRecord
 from nbdurable._store import Store
 from nbdurable._types import MISSING, RunStatus
 from nbdurable.errors import RunLockedError
@@ -27,6 +28,9 @@ log = logging.getLogger("nbdurable")
 LEASE_SECONDS = 30.0
 """A heartbeat older than this means an owner on another host is gone."""
 HOST = socket.gethostname()
+
+if TYPE_CHECKING:
+    from nbdurable._records import Owner, RunRecord
 
 
 def _read(path: str) -> str | None:
@@ -83,7 +87,7 @@ def new_owner() -> Owner:
             pid = os.getpid()
             ticks = start_ticks(pid)
             started = 0.0 if ticks is not None else start_time(pid) or 0.0
-            me = STATE.owner = Owner(
+            me = STATE.owner = _records.Owner(
                 host=HOST, pid=pid, started=started, token="", ticks=ticks, boot=BOOT if ticks else None
             )
         token = uuid.uuid4().hex

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import threading
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from nbdurable import _keys, _lease, _store
+from nbdurable import _keys, _lease, _records, _store
 from nbdurable._codecs import codec_for as data_codec_for
 from nbdurable._events import Event
 from nbdurable._preview import preview
-from nbdurable._records import KEYS_ESCAPED, KEYS_LEGACY, DataRef, ErrorRecord, EventRecord, RunRecord
 from nbdurable._serde import codec_for
-from nbdurable._types import HIDE_FRAMES, NO_OUTPUT, ErrorInfo, RunStatus, StepInfo, StepStatus
+from nbdurable._types import CORRUPT, HIDE_FRAMES, MISSING, NO_OUTPUT, ErrorInfo, RunStatus, StepInfo, StepStatus
 from nbdurable.errors import (
     ExecutorLostError,
     OutputUnserializableError,
@@ -31,6 +31,7 @@ from nbdurable.errors import (
 if TYPE_CHECKING:
     from nbdurable._client import Client
     from nbdurable._function import Function
+    from nbdurable._records import DataRef, ErrorRecord, RunRecord
     from nbdurable._run import RunState
 
 
@@ -65,7 +66,7 @@ def error_info(exc: BaseException) -> ErrorInfo:
 
 def error_record(info: ErrorInfo) -> ErrorRecord:
     """An error as stored."""
-    return ErrorRecord(name=info.name, message=info.message, stack=info.stack)
+    return _records.ErrorRecord(name=info.name, message=info.message, stack=info.stack)
 
 
 def cancel_if_matching(state: RunState[Any], fn: Function[Any], event: Event, now: float) -> bool:
@@ -125,16 +126,18 @@ class Lifecycle:
             self.fresh = absent
             self.previous = cur
             # Runs stored before keys were escaped keep their keys; others (and new ones) escape them.
-            self.legacy_keys = cur is not None and cur.keys == KEYS_LEGACY and bool(self.store.keys(self.prefix))
+            self.legacy_keys = (
+                cur is not None and cur.keys == _records.KEYS_LEGACY and bool(self.store.keys(self.prefix))
+            )
             if cur is not None and self.fn.idempotency is not None:
                 ev = cur.event  # one idempotency key, one run: its body sees the event that created it
                 state.event = Event(ev.name, ev.data, ev.id, ev.ts)
-            base = cur or RunRecord(
+            base = cur or _records.RunRecord(
                 app=self.client.app_id,
                 function_id=self.fn.id,
                 run_id=state.id,
                 status=RunStatus.QUEUED,
-                event=EventRecord(**state.event.to_dict()),
+                event=_records.EventRecord(**state.event.to_dict()),
                 created_at=now,
                 updated_at=now,
             )
@@ -150,14 +153,17 @@ class Lifecycle:
                     "current_step": None,
                     "current_since": None,
                     "serializer": self.serializer,
-                    "keys": KEYS_LEGACY if self.legacy_keys else KEYS_ESCAPED,
+                    "keys": _records.KEYS_LEGACY if self.legacy_keys else _records.KEYS_ESCAPED,
                     "owner": self.lease.owner,
                     "heartbeat_at": now,
                 }
             )
             return self.record
 
-        self.lease.take(now, build)
+        if self.store.read_only:
+            self._replay_only(build)
+        else:
+            self.lease.take(now, build)
         assert self.record is not None
         state.status = RunStatus.RUNNING
         state.created_at = self.record.created_at
@@ -168,9 +174,22 @@ class Lifecycle:
         state.failed_step = None
         state.steps = []
         self.last_beat = now
-        _lease.heartbeat().add(self.beat)
+        if not self.store.read_only:
+            _lease.heartbeat().add(self.beat)
         state.emit("run_started")
         self.cancel_from_store()
+
+    def _replay_only(self, build: Callable[[RunRecord | None, bool], RunRecord]) -> None:
+        """Begin without a lease on a store nothing may be written to: its stored steps replay, nothing is written.
+
+        A run with nothing stored cannot even begin: ``StoreError`` says the store is read-only.
+        """
+        got = self.store.get_run(self.lease.key)
+        if got is MISSING or got is CORRUPT:
+            _lease.retire_owner(self.lease.owner)
+            self.store.check_writable()
+            return  # pragma: no cover - check_writable raised
+        build(got[0], False)  # noqa: FBT003 - build(current, absent), as the lease calls it
 
     def cancel_from_store(self) -> None:
         """Apply ``cancel`` events sent while no process executed this run (it was interrupted).
@@ -215,7 +234,8 @@ class Lifecycle:
             if self.ended or self.record is None:
                 return
             self.record = self.record.model_copy(update={**changes, "updated_at": now})
-            self.lease.write(self.record)
+            if not self.store.read_only:
+                self.lease.write(self.record)
             self.last_beat = now
 
     def end(self, output: Any = NO_OUTPUT, exc: BaseException | None = None, *, from_step: str | None = None) -> Any:
@@ -231,7 +251,7 @@ class Lifecycle:
         payload, data, shown = b"", None, None
         if status is RunStatus.COMPLETED:
             shown = preview(output)
-            if from_step is None:
+            if from_step is None and not self.store.read_only:
                 payload, data = self._output_payload(output)
         assert self.record is not None
         replaced = self.record.output_data
@@ -259,7 +279,8 @@ class Lifecycle:
                         "output_data": data,
                     }
                 )
-                if self.lease.write(self.record, payload) and replaced is not None and replaced != data:
+                written = not self.store.read_only and self.lease.write(self.record, payload)
+                if written and replaced is not None and replaced != data:
                     self.store.delete_data(replaced)
         finally:
             self.lease.release()

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from nbdurable._client import Client
     from nbdurable._clock import Signal
+    from nbdurable._doorbell import Doorbell
     from nbdurable._events import Waiter
     from nbdurable._lease import Heartbeat
     from nbdurable._records import Owner
@@ -117,11 +118,14 @@ class ProcessState:
         """Guards ``in_flight``, ``cron_owners`` and ``default_client``."""
         self.waiters_lock = threading.Lock()
         self.stores_lock = threading.Lock()
+        self.doorbells_lock = threading.Lock()
         self.run_hooks: list[Callable[[Run[Any]], None]] = []
         """Called with each run a blocking ``run()`` is about to execute, after the presenter."""
         self.presenter: Presenter | None = None
         self.heartbeat: Heartbeat | None = None
         """The one thread refreshing leases (started by ``_lease`` on first use; kept by ``reset``)."""
+        self.close_hooks: list[Callable[[], None]] = []
+        """Called by ``reset()`` before forgetting: what holds threads or files (doorbells) closes them."""
         self.reset_hooks: list[Callable[[], None]] = []
         """Called by ``reset()``: registries that live beside their code (the data codecs' user table)."""
         self._fresh()
@@ -142,6 +146,8 @@ class ProcessState:
         )
         """Per loop a blocking call re-entered: callbacks held back until their Context is free (``_loop``)."""
         self.open_stores: dict[str, Store] = {}
+        self.doorbells: dict[str, Doorbell] = {}
+        """Per store path: the pipe and thread that wake this process's waits when another process sends."""
         self.warned: set[tuple[str, str]] = set()
         """(store path, topic) pairs already warned about, so each warning is said once."""
         self.owner: Owner | None = None
@@ -173,6 +179,8 @@ class ProcessState:
             self.open_stores.clear()
         for store in stores:
             store.cache.close()
+        for hook in tuple(self.close_hooks):
+            hook()
         with self.lock:
             self._fresh()
         for hook in tuple(self.reset_hooks):

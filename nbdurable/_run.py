@@ -77,6 +77,8 @@ class RunState(Generic[T]):
         self.done_callbacks: list[Callable[[], None]] = []
         self.output_loader: Callable[[], Any] | None = None
         """Reads the stored output of a run read back from the store, on first use."""
+        self.steps_loader: Callable[[], list[StepInfo]] | None = None
+        """Reads the stored steps of a run read back from the store, on first use (listings stay cheap)."""
         self.handle: Run[T] = Run(self)
 
     # -- the execute path ----------------------------------------------------------------------
@@ -117,6 +119,13 @@ class RunState(Generic[T]):
             loader, self.output_loader = self.output_loader, None
             self.output = loader()
         return self.output
+
+    def stored_steps(self) -> list[StepInfo]:
+        """The steps, read from the store on first use for a run read back."""
+        if self.steps_loader is not None:
+            loader, self.steps_loader = self.steps_loader, None
+            self.steps = loader()
+        return self.steps
 
     def result(self) -> T:
         """The execution's output, or its error raised; for a run read back, its stored outcome."""
@@ -264,7 +273,7 @@ class Run(Generic[T]):
     @property
     def steps(self) -> list[StepInfo]:
         """A :class:`StepInfo` per step of the latest execution (a copy)."""
-        return list(self._state.steps)
+        return list(self._state.stored_steps())
 
     @property
     def error(self) -> ErrorInfo | None:
@@ -328,13 +337,13 @@ class Run(Generic[T]):
     def counts(self) -> dict[str, int]:
         """How many steps are in each view status."""
         out: dict[str, int] = {}
-        for step in self._state.steps:
+        for step in self._state.stored_steps():
             out[step.status.value] = out.get(step.status.value, 0) + 1
         return out
 
     def executed_steps(self) -> list[StepInfo]:
         """Steps whose handler ran in the latest execution."""
-        return [s for s in self._state.steps if s.status is not StepStatus.REPLAYED]
+        return [s for s in self._state.stored_steps() if s.status is not StepStatus.REPLAYED]
 
     # -- listeners -------------------------------------------------------------------------------
 
@@ -453,7 +462,7 @@ class Run(Generic[T]):
         return presenter.bundle(self, include, exclude)
 
     def __repr__(self) -> str:
-        return f"<Run {self.function_id}/{self.id} {self.status.value} steps={len(self._state.steps)}>"
+        return f"<Run {self.function_id}/{self.id} {self.status.value} steps={len(self._state.stored_steps())}>"
 
 
 def loaded_state(
@@ -461,10 +470,13 @@ def loaded_state(
     rec: RunRecord,
     status: RunStatus,
     *,
-    steps: list[StepInfo] | None = None,
+    steps: Callable[[], list[StepInfo]] | None = None,
     output: Callable[[], Any] | None = None,
 ) -> RunState[Any]:
-    """The state of a run read back from the store (no execution of it in flight here)."""
+    """The state of a run read back from the store (no execution of it in flight here).
+
+    ``steps`` and ``output`` read the run's steps and output from the store when first asked for.
+    """
     from nbdurable._events import Event
 
     ev = rec.event
@@ -480,6 +492,5 @@ def loaded_state(
         state.error = ErrorInfo(rec.error.name, rec.error.message, rec.error.stack)
     if status is RunStatus.INTERRUPTED and rec.current_step:
         state.note = f"step {rec.current_step!r} was in flight when its process stopped"
-    if steps is not None:
-        state.steps = steps
+    state.steps_loader = steps
     return state

@@ -26,19 +26,18 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import diskcache
-import pydantic
 
-from nbdurable import _diskcompat, _trust
+from nbdurable import _diskcompat, _doorbell, _index, _records, _trust
 from nbdurable._diskcompat import Unreadable
 from nbdurable._process import STATE
-from nbdurable._records import SCHEMA_VERSION, DataRef, EventRecord, R, Record, RunRecord, StepRecord
 from nbdurable._types import CORRUPT, MISSING, Absent
 from nbdurable.errors import StoreError
 
 if TYPE_CHECKING:
     from nbdurable._codecs import DataCodec
+    from nbdurable._records import DataRef, EventRecord, R, Record, RunRecord, StepRecord
 
-SEP = "\x1f"
+SEP = _diskcompat.SEP
 DB_FILE = "cache.db"
 DATA_DIR = "data"
 """Data files (arrays, frames...) live in ``data/<run>/``, one file per stored value."""
@@ -66,6 +65,15 @@ SEQ_KEY = f"q{SEP}events"
 
 
 _STORE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
+_PLAIN_WORDS = frozenset({"run", "invoke", "send", "wait", "sleep", "json", "pickle", "data"})
+"""Kinds and serializers written into the hot path's header as they are (they need no JSON escaping)."""
+
+
+def _plain_id(text: str | None) -> bool:
+    """None, or a fingerprint of letters and digits only (written into a header without escaping)."""
+    return text is None or (text.isascii() and text.isalnum())
+
+
 _encode_header = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 # --- the store ----------------------------------------------------------------------------
@@ -89,13 +97,18 @@ class Store:
         self.path = path
         self.db_path = os.path.join(path, DB_FILE)
         self.created = False
-        with self._guard("open"):
+        self.read_only = False
+        """Nothing may be written (a read-only folder or volume): runs list, show and replay; executing fails."""
+        with self.guard("open"):
             if os.path.exists(path) and not os.path.isdir(path):
                 raise NotADirectoryError(errno.ENOTDIR, "is a file, not a directory", path)
             self._prepare()
-            self.cache = _diskcompat.open_cache(path)
+            self.read_only = os.path.isfile(self.db_path) and not _writable_store(path)
+            self.cache = _diskcompat.open_read_only(path) if self.read_only else _diskcompat.open_cache(path)
             st = os.stat(self.db_path)
             self._identity = (st.st_dev, st.st_ino)
+            self.indexed = _index.prepare(self)
+            """The run index is there (see ``_index``): listings read it instead of every run."""
         if self.created:
             _trust.trust_store(path)
         self.trusted = _trust.is_trusted(path)
@@ -153,7 +166,8 @@ class Store:
             store.cache.close()
 
     @contextlib.contextmanager
-    def _guard(self, action: str) -> Iterator[None]:
+    def guard(self, action: str) -> Iterator[None]:
+        """Turn the database's and file system's errors inside the block into a ``StoreError`` saying ``action``."""
         try:
             yield
         except StoreError:
@@ -189,6 +203,24 @@ class Store:
             f"(Client(store=...) or the NBDURABLE_STORE environment variable).{safe}"
         )
 
+    def check_writable(self) -> None:
+        """Fail with ``StoreError`` when nothing may be written: reading works, executing does not."""
+        if self.read_only:
+            msg = (
+                f"cannot write the nbdurable store at {self.path!r}: it is read-only (a read-only folder or volume). "
+                "Its runs can be listed, shown and replayed; executing a step needs write access. Fix: make the "
+                "directory writable, or choose another path (a copy of this folder keeps its runs: Client(store=...))."
+            )
+            raise StoreError(msg)
+
+    @contextlib.contextmanager
+    def write_transaction(self) -> Iterator[None]:
+        """One transaction for every write inside the block (files of replaced values removed after it commits)."""
+        self.check_writable()
+        self.check_identity()
+        with self.guard("write"), _diskcompat.deferred_removes(self.cache), self.cache.transact(retry=True):
+            yield
+
     def check_identity(self) -> None:
         """Fail with ``StoreError`` if the store folder was removed or replaced since it was opened."""
         try:
@@ -208,24 +240,31 @@ class Store:
 
     # -- raw records ----------------------------------------------------------------------
 
-    def _decode(self, key: str, raw: Any, model: type[R]) -> tuple[R, bytes] | Absent:
+    def decode(self, key: str, raw: Any, model: type[R]) -> tuple[R, bytes] | Absent:
+        """The record and payload of a stored value (as ``read`` or ``rows`` give it), ``MISSING`` or ``CORRUPT``.
+
+        An unreadable record warns once here and reads as ``CORRUPT``; one written by a newer
+        nbdurable raises ``StoreError``.
+        """
         if raw is None:
             return MISSING
         if isinstance(raw, Unreadable):
-            self._unreadable(key, raw.reason)
+            self.warn_unreadable(key, raw.reason)
             return CORRUPT
+        split = isinstance(raw, _diskcompat.Split)
         try:
-            cut = raw.index(b"\n")
-            record = model.model_validate_json(raw[:cut])
-        except (ValueError, TypeError, AttributeError, pydantic.ValidationError) as exc:
-            self._check_future(key, raw)
-            self._unreadable(key, type(exc).__name__)
+            cut = len(raw.head) if split else raw.index(b"\n")
+            record = model.model_validate_json(raw.head if split else raw[:cut])
+        except (ValueError, TypeError, AttributeError) as exc:  # a pydantic ValidationError is a ValueError
+            self._check_future(key, raw.head if split else raw)
+            self.warn_unreadable(key, type(exc).__name__)
             return CORRUPT
-        if record.v > SCHEMA_VERSION:  # same fields today, other meaning maybe: never guess
-            self._check_future(key, raw)
-        return record, raw[cut + 1 :]
+        if record.v > _records.SCHEMA_VERSION:  # same fields today, other meaning maybe: never guess
+            self._check_future(key, raw.head if split else raw)
+        return record, raw.payload if split else raw[cut + 1 :]
 
-    def _unreadable(self, key: str, reason: str) -> None:
+    def warn_unreadable(self, key: str, reason: str) -> None:
+        """Say that a stored record cannot be read and is treated as absent."""
         warnings.warn(
             f"nbdurable: the stored record {_pretty(key)} in {self.path!r} cannot be read "
             f"({reason}); it is treated as absent and will be written again.",
@@ -235,29 +274,40 @@ class Store:
 
     def _check_future(self, key: str, raw: Any) -> None:
         try:
-            cut = raw.index(b"\n")
-            version = json.loads(raw[:cut]).get("v")
+            cut = raw.find(b"\n")
+            version = json.loads(raw[:cut] if cut >= 0 else raw).get("v")
         except Exception:  # noqa: BLE001 - not even JSON: plainly corrupt
             return
-        if isinstance(version, int) and version > SCHEMA_VERSION:
+        if isinstance(version, int) and version > _records.SCHEMA_VERSION:
             msg = (
                 f"the record {_pretty(key)} in {self.path!r} was written by a newer nbdurable "
-                f"(schema v{version}; this one reads v{SCHEMA_VERSION}). Fix: upgrade nbdurable "
+                f"(schema v{version}; this one reads v{_records.SCHEMA_VERSION}). Fix: upgrade nbdurable "
                 "(pip install -U nbdurable). Nothing was changed."
             )
             raise StoreError(msg)
 
-    def _read(self, key: str) -> Any:
-        with self._guard("read"):
+    def read(self, key: str) -> Any:
+        with self.guard("read"):
             return _diskcompat.read_one(self.cache, key)
 
     def get(self, key: str, model: type[R]) -> tuple[R, bytes] | Absent:
         """The record and payload under ``key``, ``MISSING`` or ``CORRUPT``."""
-        return self._decode(key, self._read(key), model)
+        return self.decode(key, self.read(key), model)
 
     def put(self, key: str, record: Record, payload: bytes = b"") -> None:
-        """Write a record (durable once this returns)."""
-        self._set(key, record.model_dump_json().encode() + b"\n" + payload)
+        """Write a record (durable once this returns); a run record with its index row, in one transaction."""
+        head = record.model_dump_json().encode()
+        kind = key[:2]
+        if kind == f"r{SEP}" and self.indexed:
+            assert isinstance(record, _records.RunRecord)
+            with self.write_transaction():
+                _diskcompat.write_record(self.cache, key, head, payload, _diskcompat.RUN_TAG)
+                _index.index_record(self, key, record)
+            return
+        tag = None
+        if kind == f"s{SEP}" and self.indexed:
+            tag = _diskcompat.step_tag(key, getattr(record, "status", None))
+        self._set(key, head, payload, tag)
 
     def put_completed_step(
         self,
@@ -274,60 +324,80 @@ class Store:
     ) -> None:
         """Write a COMPLETED step record: the write every first execution of a step makes.
 
-        The header is encoded straight from a dict (no model built) because this is the hot
-        path; every read validates it as a ``StepRecord``, and a test keeps the two equal.
+        The header is encoded straight from the values (no model built) because this is the
+        hot path, and fields at their default (kind ``run``, one attempt, the json serializer,
+        no fingerprint) are left out; the duration is kept to 0.1 µs. Every read validates it
+        as a ``StepRecord``, and a test keeps the two equal.
         """
-        header = {
-            "v": SCHEMA_VERSION,
-            "status": "COMPLETED",
-            "kind": kind,
-            "attempts": attempts,
-            "started_at": started_at,
-            "ended_at": ended_at,
-            "duration": ended_at - started_at,
-            "serializer": serializer,
-            "fingerprint": fingerprint,
-        }
-        if data is not None:
-            header["data"] = {"v": SCHEMA_VERSION, "codec": data.codec, "file": data.file, "size": data.size}
-        self._set(key, _encode_header(header).encode() + b"\n" + payload)
+        duration = round(ended_at - started_at, 7)
+        if data is None and kind in _PLAIN_WORDS and serializer in _PLAIN_WORDS and _plain_id(fingerprint):
+            head = (
+                f'{{"v":{_records.SCHEMA_VERSION},"status":"COMPLETED"'
+                + ("" if kind == "run" else f',"kind":"{kind}"')
+                + ("" if attempts == 1 else f',"attempts":{int(attempts)}')
+                + f',"started_at":{float(started_at)!r},"ended_at":{float(ended_at)!r},"duration":{duration!r}'
+                + ("" if serializer == "json" else f',"serializer":"{serializer}"')
+                + ("" if fingerprint is None else f',"fingerprint":"{fingerprint}"')
+                + "}"
+            ).encode()
+        else:
+            header: dict[str, Any] = {"v": _records.SCHEMA_VERSION, "status": "COMPLETED", "kind": kind}
+            header.update(attempts=attempts, started_at=started_at, ended_at=ended_at, duration=duration)
+            header.update(serializer=serializer, fingerprint=fingerprint)
+            if data is not None:
+                header["data"] = {
+                    "v": _records.SCHEMA_VERSION,
+                    "codec": data.codec,
+                    "file": data.file,
+                    "size": data.size,
+                }
+            head = _encode_header(header).encode()
+        tag = _diskcompat.step_tag(key, "COMPLETED") if self.indexed else None
+        self._set(key, head, payload, tag, new=True)
 
-    def _set(self, key: str, data: bytes) -> None:
+    def _set(self, key: str, head: bytes, payload: bytes, tag: int | None = None, *, new: bool = False) -> None:
+        self.check_writable()
         self.check_identity()
         try:
-            self.cache.set(key, data)
+            _diskcompat.write_record(self.cache, key, head, payload, tag, new=new)
         except _STORE_ERRORS as exc:
             raise StoreError(self._explain("write", exc)) from exc
 
     def delete(self, key: str) -> bool:
-        """Delete one record."""
+        """Delete one record (the index follows: see ``_index``)."""
+        self.check_writable()
         self.check_identity()
-        with self._guard("write"):
+        with self.guard("write"):
             return bool(self.cache.delete(key))
 
-    def _rows(self, start: str, prefix: str) -> list[tuple[str, Any]]:
-        with self._guard("read"):
+    def rows(self, start: str, prefix: str) -> list[tuple[str, Any]]:
+        with self.guard("read"):
             return _diskcompat.range_rows(self.cache, start, prefix)
 
     def keys(self, prefix: str) -> list[str]:
         """Every key that starts with ``prefix``, in key order."""
-        return [row[0] for row in self._rows(prefix, prefix)]
+        return [row[0] for row in self.rows(prefix, prefix)]
 
     def scan(self, prefix: str) -> dict[str, bytes | None]:
         """Every record under ``prefix``: its raw value, or None where it must be read on its own."""
-        return dict(self._rows(prefix, prefix))
+        return dict(self.rows(prefix, prefix))
+
+    def value_bytes(self, key: str) -> int:
+        """Bytes of the value stored under ``key`` (where it lives in a file, the file's size)."""
+        with self.guard("read"):
+            return _diskcompat.stored_bytes(self.cache, key)
 
     def decode_step(self, key: str, raw: bytes | None) -> tuple[StepRecord, bytes] | Absent:
         """A step record from a raw value given by ``scan`` (read on its own when None)."""
         if raw is None:
             return self.get_step(key)
-        return self._decode(key, raw, StepRecord)
+        return self.decode(key, raw, _records.StepRecord)
 
     # -- events -----------------------------------------------------------------------------
 
     def last_seq(self) -> int:
         """The sequence number of the latest event sent (0 before any)."""
-        value = self._read(SEQ_KEY)
+        value = self.read(SEQ_KEY)
         return value if type(value) is int else 0
 
     def append_event(self, app: str, record: EventRecord) -> int:
@@ -335,24 +405,25 @@ class Store:
 
         Both happen in one transaction, so sequence numbers become visible in order: a reader
         that saw event N+1 can never find event N appearing later (other processes' waits
-        read "every event after the last one I saw").
+        read "every event after the last one I saw"). Once committed, the waits of other
+        processes are woken to read it (``_doorbell``).
         """
-        self.check_identity()
-        with self._guard("write"), self.cache.transact(retry=True):
+        with self.write_transaction():
             try:
                 seq = int(self.cache.incr(SEQ_KEY, 1, default=0))
             except TypeError:  # not a number (written by other code): start the count again above it
                 self.cache.set(SEQ_KEY, 1)
                 seq = 1
             self.put(event_key(app, seq, record.id), record)
+        _doorbell.ring(self.path)
         return seq
 
     def events_after(self, app: str, seq: int) -> list[tuple[int, EventRecord]]:
         """Every readable event of ``app`` sent after sequence number ``seq``, in order."""
         prefix = f"e{SEP}{app}{SEP}"
         out = []
-        for key, raw in self._rows(event_key(app, seq + 1, ""), prefix):
-            got = self._decode(key, raw if raw is not None else self._read(key), EventRecord)
+        for key, raw in self.rows(event_key(app, seq + 1, ""), prefix):
+            got = self.decode(key, raw if raw is not None else self.read(key), _records.EventRecord)
             if got is not MISSING and got is not CORRUPT:
                 with contextlib.suppress(ValueError, IndexError):
                     out.append((int(key.split(SEP)[2]), got[0]))
@@ -369,11 +440,11 @@ class Store:
 
     def get_run(self, key: str) -> tuple[RunRecord, bytes] | Absent:
         """A run record."""
-        return self.get(key, RunRecord)
+        return self.get(key, _records.RunRecord)
 
     def get_step(self, key: str) -> tuple[StepRecord, bytes] | Absent:
         """A step record."""
-        return self.get(key, StepRecord)
+        return self.get(key, _records.StepRecord)
 
     def update_run(
         self, key: str, change: Callable[[tuple[RunRecord, bytes] | Absent], tuple[RunRecord, bytes] | None]
@@ -384,27 +455,10 @@ class Store:
         returns the new record and payload, or ``None`` to leave it as is. It may raise to
         abort, leaving the record untouched.
         """
-        self.check_identity()
-        with self._guard("write"), _diskcompat.deferred_removes(self.cache), self.cache.transact(retry=True):
+        with self.write_transaction():
             new = change(self.get_run(key))
             if new is not None:
                 self.put(key, new[0], new[1])
-
-    def runs(self, app: str, function_id: str | None = None) -> list[RunRecord]:
-        """Every readable run record of an app (or one function)."""
-        return self._run_records(f"r{SEP}{app}{SEP}" + (f"{function_id}{SEP}" if function_id is not None else ""))
-
-    def all_runs(self) -> list[RunRecord]:
-        """Every readable run record of every app in the store."""
-        return self._run_records(f"r{SEP}")
-
-    def _run_records(self, prefix: str) -> list[RunRecord]:
-        out = []
-        for key, raw in self._rows(prefix, prefix):
-            got = self._decode(key, raw if raw is not None else self._read(key), RunRecord)
-            if got is not MISSING and got is not CORRUPT:
-                out.append(got[0])
-        return out
 
     # -- data files ---------------------------------------------------------------------------
 
@@ -413,12 +467,28 @@ class Store:
         digest = hashlib.blake2b(f"{app}{SEP}{function_id}{SEP}{run_id}".encode(), digest_size=12).hexdigest()
         return f"{DATA_DIR}/{digest}"
 
+    def data_bytes(self, app: str, function_id: str, run_id: str) -> int:
+        """Bytes of a run's data files (one folder listing)."""
+        return _folder_bytes(os.path.join(self.path, self.data_folder(app, function_id, run_id)))
+
+    def disk_usage(self) -> dict[str, int]:
+        """Bytes on disk: the database (with its journal), values diskcache keeps in files, data files, total."""
+        database = sum(_file_bytes(self.db_path + suffix) for suffix in ("", "-wal", "-shm"))
+        data = _folder_bytes(os.path.join(self.path, DATA_DIR), deep=True)
+        values = 0
+        with os.scandir(self.path) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False) and entry.name != DATA_DIR:
+                    values += _folder_bytes(entry.path, deep=True)
+        return {"database": database, "value files": values, "data files": data, "total": database + values + data}
+
     def write_data(self, folder: str, codec: DataCodec, value: Any) -> DataRef:
         """Stream ``value`` into a new data file of ``folder`` with ``codec``; the reference to store.
 
         The file is written under a temporary name and renamed once complete, so no reader ever
         sees half of it; a failed write (a full disk) removes it and raises ``StoreError``.
         """
+        self.check_writable()
         self.check_identity()
         full_folder = os.path.join(self.path, folder)
         name = f"{uuid.uuid4().hex}{codec.suffix}"
@@ -441,7 +511,7 @@ class Store:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
             raise
-        return DataRef(codec=codec.name, file=f"{folder}/{name}", size=size)
+        return _records.DataRef(codec=codec.name, file=f"{folder}/{name}", size=size)
 
     def data_path(self, ref: DataRef) -> str | None:
         """The full path of a data file, or None if the reference points outside the store's data."""
@@ -505,11 +575,38 @@ def _tighten(path: str) -> None:
                     os.chmod(full, _diskcompat.FILE_MODE)
 
 
+def _file_bytes(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _folder_bytes(path: str, *, deep: bool = False) -> int:
+    """Bytes of the files in a folder (and its subfolders when ``deep``); 0 if it does not exist."""
+    total = 0
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+                elif deep and entry.is_dir(follow_symlinks=False):
+                    total += _folder_bytes(entry.path, deep=True)
+    except OSError:
+        return total
+    return total
+
+
 def _nearly_full(path: str) -> bool:
     try:
         return shutil.disk_usage(path).free < 1 << 20
     except OSError:
         return False
+
+
+def _writable_store(path: str) -> bool:
+    """Whether a store's folder and database can be written (SQLite also writes its journal files beside it)."""
+    return os.access(path, os.W_OK) and os.access(os.path.join(path, DB_FILE), os.W_OK)
 
 
 def _writable(path: str) -> bool:

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbdurable import _keys
 from nbdurable._codecs import codec_for as data_codec_for
 from nbdurable._codecs import registry
 from nbdurable._diskcompat import Unreadable
-from nbdurable._records import DataRef
 from nbdurable._serde import JSON, PICKLE, Codec
 from nbdurable._store import Store
 from nbdurable._types import UNREADABLE
 from nbdurable.errors import OutputUnserializableError
+
+if TYPE_CHECKING:
+    from nbdurable._records import DataRef
 
 MMAP_FROM = 1 << 20
 """Data files from this size up are memory-mapped on replay (copy-on-write), when the client allows it."""

@@ -16,6 +16,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
+from nbdurable import _index
 from nbdurable.__main__ import main
 from nbdurable._store import Store
 
@@ -104,7 +105,7 @@ def _wait_for_step_in_flight(store: Path, key: str, timeout: float = 30) -> None
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            if any(rec.current_step == key for rec in Store.open(store).all_runs()):
+            if any(e.record.current_step == key for e in _index.runs(Store.open(store))):
                 return
             time.sleep(0.05)
     finally:

@@ -139,7 +139,7 @@ def test_runs_lists_runs_as_a_table(ip, capsys) -> None:
     capsys.readouterr()
     ip.run_line_magic("nbdurable", "runs")
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["app", "function", "run", "status", "steps", "took", "updated"]
+    assert lines[0].split() == ["app", "function", "run", "status", "steps", "took", "updated", "size"]
     assert lines[1].split()[:5] == ["nb", "etl", run_id, "COMPLETED", "3"]
     ip.run_line_magic("nbdurable", "runs etl --status failed")
     assert capsys.readouterr().out == "no runs of 'etl' with status FAILED\n"
@@ -158,7 +158,7 @@ def test_tables_render_as_html_for_notebooks() -> None:
 
 
 def test_show_prints_a_run_and_its_steps(ip, capsys) -> None:
-    """`show` accepts the first characters of a run id and lists the run's steps."""
+    """`show` accepts the first characters of a run id and lists the run's steps with their sizes on disk."""
     load(ip)
     ip.run_cell(DEFINE)
     ip.user_ns["etl"].run()
@@ -167,11 +167,13 @@ def test_show_prints_a_run_and_its_steps(ip, capsys) -> None:
     ip.run_line_magic("nbdurable", f"show {run_id[:6]}")
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"etl / {run_id}: COMPLETED")
-    assert [line.split()[:4] for line in out[2:]] == [
+    assert [line.split()[:4] for line in out[2:5]] == [
         ["\u2714", "a", "completed", "1/1"],
         ["\u2714", "b", "completed", "1/1"],
         ["\u2714", "c", "completed", "1/1"],
     ]
+    assert all(line.split()[-1] == "B" for line in out[2:5])  # e.g. "182 B"
+    assert out[5].startswith("on disk: ")
     with pytest.raises(UsageError, match="no run 'zzz'"):
         ip.run_line_magic("nbdurable", "show zzz")
 

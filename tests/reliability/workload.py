@@ -8,6 +8,7 @@ done: the logs count executions independently of the store under test.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -23,6 +24,7 @@ from typing import Any
 
 import nbdurable
 from nbdurable import _records, _store
+from tests.indexcheck import assert_index_matches
 
 APP = "reliability"
 FN_ID = "chain"
@@ -166,6 +168,45 @@ def contend(
     results.put(("done", os.getpid(), outcomes))
 
 
+def churn(store: str, seed: int) -> None:
+    """Write runs without end (until killed): steps that complete or fail, forgotten steps, cleared runs."""
+    import random
+
+    rng = random.Random(seed)
+    client = nbdurable.Client(APP, store=store)
+
+    @client.create_function(fn_id="churn", retries=0)
+    def churned(ctx: nbdurable.ContextSync) -> int:
+        total = 0
+        for i in range(ctx.event.data["steps"]):
+            total += ctx.step.run(f"s{i}", lambda i=i: i if i != ctx.event.data["fail"] else 1 // 0)
+        return total
+
+    n = 0
+    while True:
+        n += 1
+        steps = rng.randrange(1, 6)
+        run_id = f"c{rng.randrange(12)}"  # runs are written again, failed ones retried
+        with contextlib.suppress(nbdurable.RunFailedError):
+            churned.run({"steps": steps, "fail": rng.randrange(steps + 3)}, run_id=run_id)
+        if n % 7 == 0:
+            with contextlib.suppress(KeyError):
+                churned.invalidate(run_id, from_step="s0")
+        if n % 11 == 0:
+            churned.clear(f"c{rng.randrange(12)}")
+
+
+def open_store(store: str, done: str) -> None:
+    """Open a store (an upgrade, for a store from before the index), list it, and say so.
+
+    ``done`` gets the number of runs listed, then when the opening began and ended (``time.monotonic``).
+    """
+    began = time.monotonic()
+    client = nbdurable.Client(APP, store=store)
+    count = len(client.runs())
+    Path(done).write_text(f"{count} {began} {time.monotonic()}")
+
+
 # --- reading what happened --------------------------------------------------------------
 
 
@@ -187,17 +228,21 @@ def read_logs(logdir: str, steps: int = STEPS) -> list[list[tuple[str, int]]]:
 def inspect_store(path: str) -> dict[str, Any]:
     """Open the store cold and read every record; raise if any record cannot be read.
 
-    Returns the keys of completed steps of the workflow's run, the run record (or None)
-    and how many records were read.
+    First, before nbdurable opens it, the run index must already equal the records (a kill
+    never leaves one without the other). Returns the keys of completed steps of the
+    workflow's run, the run record (or None) and how many records were read.
     """
     db = os.path.join(path, "cache.db")
     if os.path.exists(db):
         con = sqlite3.connect(db)
         try:
             verdict = con.execute("PRAGMA integrity_check").fetchone()[0]
+            indexed = con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'NbdurableRuns'").fetchone()[0]
         finally:
             con.close()
         assert verdict == "ok", f"sqlite integrity_check: {verdict}"
+        if indexed:
+            assert_index_matches(path)
     store = _store.Store(path)
     try:
         models: dict[str, type[Any]] = {"r": _records.RunRecord, "s": _records.StepRecord, "e": _records.EventRecord}
@@ -208,7 +253,7 @@ def inspect_store(path: str) -> dict[str, Any]:
             warnings.simplefilter("error")  # an unreadable record warns: make it fail here
             for key, raw in store.scan("").items():
                 model = models[key[0]]
-                got = store.get(key, model) if raw is None else store._decode(key, raw, model)
+                got = store.get(key, model) if raw is None else store.decode(key, raw, model)
                 assert got is not _store.MISSING, key
                 assert got is not _store.CORRUPT, key
                 records += 1

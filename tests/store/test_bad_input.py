@@ -7,13 +7,10 @@ tests. docs/RELIABILITY.md has the table of these cases and the errors users see
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import sqlite3
-import subprocess
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +19,12 @@ import pydantic
 import pytest
 
 import nbdurable
-from nbdurable import _records, _store
-from nbdurable._process import STATE
+from nbdurable import _diskcompat, _records, _store
 from nbdurable._store import Store
 from nbdurable.testing import FakeClock, simulate_restart
 from tests.durable import Counter
+from tests.mounts import remount as _remount
+from tests.mounts import tmpfs as _tmpfs
 
 
 def _three_steps(client: nbdurable.Client, count: Counter, fn_id: str = "f", **options: Any) -> Any:
@@ -277,34 +275,8 @@ def test_store_path_under_a_file(tmp_path: Path) -> None:
     _assert_says(str(info.value), str(path), "could not be created", "Fix:")
 
 
-@contextlib.contextmanager
-def _tmpfs(path: Path, options: str) -> Iterator[Path]:
-    """A tmpfs mounted at ``path`` (needs root, as tests and CI run here); skips where mounting is refused.
-
-    Running as root, a chmod'ed directory stays writable, so read-only and full disks are
-    made for real: a read-only mount, a 1 MB file system.
-    """
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); the injected-error tests cover this")
-    try:
-        yield path
-    finally:
-        for opened in list(STATE.open_stores):
-            if opened.startswith(str(path)):
-                Store.forget(opened)
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def _remount(path: Path, options: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True, capture_output=True)
-
-
 def test_store_on_a_read_only_file_system(tmp_path: Path) -> None:
-    """A store whose volume became read-only: StoreError naming the path and the fix; its steps survive."""
+    """A store whose volume became read-only: a new run fails with StoreError naming the path and the fix."""
     with _tmpfs(tmp_path / "mnt", "size=8m") as mnt:
         path = str(mnt / "store")
         client = nbdurable.Client("t", store=path, clock=FakeClock())
@@ -314,7 +286,7 @@ def test_store_on_a_read_only_file_system(tmp_path: Path) -> None:
         _remount(mnt, "ro")
         again = nbdurable.Client("t", store=path, clock=FakeClock())
         with pytest.raises(nbdurable.StoreError) as info:
-            _three_steps(again, count).run(run_id="r")
+            _three_steps(again, count).run(run_id="new")
         _assert_says(str(info.value), path, "read-only", "Fix: make the directory writable, or choose another path")
         Store.forget(path)
         _remount(mnt, "rw")
@@ -417,16 +389,16 @@ def test_disk_full_while_storing_a_step(client: nbdurable.Client, monkeypatch: p
     """The write of step b fails with 'disk is full': StoreError with the fix; a stays stored and replays."""
     count = Counter()
     f = _three_steps(client, count)
-    real_set = diskcache.Cache.set
+    real_write = _diskcompat.write_value
     b_key = _step_key(client, "b")
 
-    def set_or_full(self: Any, key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+    def write_or_full(cache: Any, key: str, value: Any, *args: Any, **kwargs: Any) -> Any:
         if key == b_key:
             msg = "database or disk is full"
             raise sqlite3.OperationalError(msg)
-        return real_set(self, key, value, *args, **kwargs)
+        return real_write(cache, key, value, *args, **kwargs)
 
-    monkeypatch.setattr(diskcache.Cache, "set", set_or_full)
+    monkeypatch.setattr(_diskcompat, "write_value", write_or_full)
     with pytest.raises(nbdurable.NbdurableError) as info:
         f.run(run_id="r")
     error = info.value if isinstance(info.value, nbdurable.StoreError) else info.value.__cause__
@@ -436,7 +408,7 @@ def test_disk_full_while_storing_a_step(client: nbdurable.Client, monkeypatch: p
     )
     assert count.calls == {"a": 1, "b": 1}
 
-    monkeypatch.setattr(diskcache.Cache, "set", real_set)
+    monkeypatch.setattr(_diskcompat, "write_value", real_write)
     assert f.run(run_id="r") == ["a", "b", "c"]
     assert count.calls == {"a": 1, "b": 2, "c": 1}  # a replayed; b, never stored, ran again
 

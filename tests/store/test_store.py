@@ -10,7 +10,7 @@ import diskcache
 import pytest
 
 import nbdurable
-from nbdurable import _store
+from nbdurable import _diskcompat, _records, _store
 from nbdurable.testing import temporary_client
 from tests.waiting import waiting_step
 
@@ -109,21 +109,21 @@ def test_write_failure_keeps_earlier_work(tmp_path: Path, monkeypatch: pytest.Mo
         fn = _define(client, calls)
         fn.run()
         fn.invalidate(client.runs("s")[0].id, from_step="b")
-        real_set = diskcache.Cache.set
+        real_write = _diskcompat.write_value
 
-        def full(self: diskcache.Cache, key: str, value: bytes, *args: object, **kwargs: object) -> bool:
+        def full(cache: diskcache.Cache, key: str, value: bytes, *args: object, **kwargs: object) -> None:
             if key.endswith("\x1fb"):
                 import sqlite3
 
                 raise sqlite3.OperationalError("database or disk is full")
-            return real_set(self, key, value, *args, **kwargs)
+            real_write(cache, key, value, *args, **kwargs)
 
-        monkeypatch.setattr(diskcache.Cache, "set", full)
+        monkeypatch.setattr(_diskcompat, "write_value", full)
         with pytest.raises(nbdurable.RunFailedError) as info:
             fn.run()
         assert isinstance(info.value.__cause__, nbdurable.StoreError)
         assert "free disk space" in str(info.value.__cause__)
-        monkeypatch.setattr(diskcache.Cache, "set", real_set)
+        monkeypatch.setattr(_diskcompat, "write_value", real_write)
         assert fn.run() == 2
         assert calls == ["a", "b", "b", "b"]
 
@@ -134,24 +134,43 @@ def test_store_env_variable_sets_the_default_path(tmp_path: Path, monkeypatch: p
     assert nbdurable.Client("x").store_path == os.fspath(tmp_path / "env-store")
 
 
-def test_fast_completed_step_header_reads_as_the_same_record(client: nbdurable.Client) -> None:
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"kind": "run", "attempts": 2, "serializer": "json", "fingerprint": "ab"},
+        {"kind": "run", "attempts": 1, "serializer": "json", "fingerprint": None},
+        {"kind": "invoke", "attempts": 3, "serializer": "pickle", "fingerprint": "0123456789abcdef"},
+        {"kind": "run", "attempts": 1, "serializer": "json", "fingerprint": 'a"b'},
+        {"kind": "run", "attempts": 1, "serializer": "data", "fingerprint": "ab", "data": ("npy", "data/x/y.npy", 9)},
+    ],
+)
+def test_fast_completed_step_header_reads_as_the_same_record(client: nbdurable.Client, fields: dict) -> None:
     """The hot-path writer of COMPLETED steps produces exactly the StepRecord a reader expects."""
-    client.store.put_completed_step(
-        "k", kind="run", attempts=2, started_at=1.5, ended_at=2.0, serializer="json", fingerprint="ab", payload=b"[1]"
-    )
+    data = fields.pop("data", None)
+    ref = _records.DataRef(codec=data[0], file=data[1], size=data[2]) if data else None
+    client.store.put_completed_step("k", started_at=1.5, ended_at=2.0, payload=b"[1]", data=ref, **fields)
     rec, payload = client.store.get_step("k")
-    expected = _store.StepRecord(
-        status="COMPLETED",
-        kind="run",
-        attempts=2,
-        started_at=1.5,
-        ended_at=2.0,
-        duration=0.5,
-        serializer="json",
-        fingerprint="ab",
-    )
+    expected = _records.StepRecord(status="COMPLETED", started_at=1.5, ended_at=2.0, duration=0.5, data=ref, **fields)
     assert rec == expected
     assert payload == b"[1]"
+
+
+def test_a_trivial_step_record_is_small(client: nbdurable.Client) -> None:
+    """Fields at their default are left out of a completed step's header: about 140 bytes, not 200."""
+    client.store.put_completed_step(
+        "k",
+        kind="run",
+        attempts=1,
+        started_at=1764750000.123456,
+        ended_at=1764750000.12349,
+        serializer="json",
+        fingerprint="0123456789abcdef",
+        payload=b"1",
+    )
+    head = client.store.cache.get("k").split(b"\n")[0]
+    assert len(head) <= 145, head
+    assert b'"kind"' not in head
+    assert b'"attempts"' not in head
 
 
 def test_plain_arguments_of_other_types_are_other_fingerprints() -> None:
@@ -198,3 +217,20 @@ def test_damaged_outputs_of_sends_waits_and_invokes_execute_again(client: nbdura
     damaged = sorted(str(w.message).split("'")[1] for w in caught if "cannot be rebuilt" in str(w.message))
     assert damaged == ["kid", "notify", "w"]
     assert len(sent) == 2  # the damaged send was sent again (at-least-once), not lost
+
+
+def test_cached_fingerprints_of_calls_with_arguments_equal_the_full_ones(client: nbdurable.Client) -> None:
+    """A step called with arguments gets the fingerprint ``fingerprint`` gives, cached or not (stored ones hold)."""
+    from nbdurable._engine import Execution
+    from nbdurable._fingerprint import fingerprint
+
+    def handler(x: int, y: str) -> int:
+        return x
+
+    @client.create_function(fn_id="f")
+    def f(ctx: nbdurable.ContextSync) -> None: ...
+
+    state = client.run_state("f", "r", nbdurable.Event("x"), (client.where[0], client.where[1], "f", "r"))
+    ex = Execution(client, f, state)
+    for args in [(1, "a"), (2, "b"), (1, "a"), ([1], "list")]:
+        assert ex.handler_meta(handler, args, None)[1] == fingerprint(handler, args)
