@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import enum
+import itertools
 import math
 import pathlib
 import sys
@@ -278,7 +279,8 @@ class _Previewer:
         name = tp.__name__
         if name == "DataFrame":
             rows, cols = value.shape
-            return f"DataFrame {rows:,} rows x {cols:,} cols" + self._labels(value.columns[: _MAX_ITEMS + 1])
+            labels = itertools.islice(value.columns, _MAX_ITEMS + 1)  # no Index slice: a new Index costs more
+            return f"DataFrame {rows:,} rows x {cols:,} cols" + self._labels(labels)
         if name == "Series":
             return f"Series{self._name(value.name, depth)} {value.dtype} {len(value):,} rows"
         if name.endswith("Index"):
