@@ -244,7 +244,7 @@ class CellSteps:
         previous: dict[str, Any] | None,
     ) -> tuple[dict[str, Any], list[StepInfo]]:
         shell = self.shell
-        folder = client.store.data_folder(client.app_id, fn_id, name)
+        folder = client.store.data.folder(client.app_id, fn_id, name)
         before = self._read_digests(shape)
         origins = {var: self._origin(var, digest) for var, digest in before.items()}
 
@@ -340,7 +340,7 @@ class CellSteps:
         if previous.get("outputs"):
             old.add(previous["outputs"]["file"])
         for file in old - kept:
-            client.store.delete_data(_records.DataRef(codec="", file=file, size=0))
+            client.store.data.delete(_records.DataRef(codec="", file=file, size=0))
         print(f"%%step {name}: executed again ({manifest.get('why', 'it changed')})")  # noqa: T201
 
 

@@ -126,7 +126,7 @@ def _unchanged(store: Store, before: Any, digest: str | None) -> bool:
         return False
     if before.get("digest") != digest:
         return False
-    path = store.data_path(_records.DataRef(**before["ref"]))
+    path = store.data.path(_records.DataRef(**before["ref"]))
     try:
         return path is not None and os.stat(path).st_size == before["ref"]["size"]
     except OSError:
@@ -142,12 +142,12 @@ def _store_value(store: Store, folder: str, value: Any, before: Any) -> dict[str
     ref: _records.DataRef | None = None
     if codec is not None:
         with contextlib.suppress(OutputUnserializableError):
-            ref = store.write_data(folder, codec, value)
+            ref = store.data.write(folder, codec, value)
     if ref is None:
         why = _why_not(value)
         if why is not None:
             return f"{type(value).__module__}.{type(value).__qualname__}: {why}"
-        ref = store.write_data(folder, PICKLE_FILE, value)
+        ref = store.data.write(folder, PICKLE_FILE, value)
     return {"kind": "file", "ref": ref.model_dump(exclude={"v"}), "digest": digest}
 
 
@@ -179,7 +179,7 @@ def load_entry(store: Store, entry: dict[str, Any], namespace: dict[str, Any], f
     if kind == "lambda":
         return eval(compile(entry["text"], filename, "eval"), namespace)  # noqa: S307 - the user's own lambda
     ref = _records.DataRef(**entry["ref"])
-    value = store.read_data(ref, _codec_named(ref.codec), mmap=ref.size >= MMAP_FROM)
+    value = store.data.read(ref, _codec_named(ref.codec), mmap=ref.size >= MMAP_FROM)
     if isinstance(value, Unreadable):
         raise OSError(value.reason)
     return value
@@ -194,14 +194,14 @@ def store_outputs(store: Store, folder: str, outputs: list[dict[str, Any]]) -> d
     """Store a cell's recorded outputs in a file of their own (read only when the cell restores)."""
     if not outputs:
         return None
-    return store.write_data(folder, OUTPUTS_FILE, outputs).model_dump(exclude={"v"})
+    return store.data.write(folder, OUTPUTS_FILE, outputs).model_dump(exclude={"v"})
 
 
 def load_outputs(store: Store, ref: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Recorded outputs, or none when they cannot be read."""
     if ref is None:
         return []
-    value = store.read_data(_records.DataRef(**ref), OUTPUTS_FILE, mmap=False)
+    value = store.data.read(_records.DataRef(**ref), OUTPUTS_FILE, mmap=False)
     return value if isinstance(value, list) else []
 
 

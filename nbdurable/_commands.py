@@ -305,7 +305,7 @@ class Commands:
                 more = True
                 break
             took = seconds(rec.ended_at - rec.started_at) if rec.ended_at and rec.started_at else "-"
-            size = entry.record_bytes + Store.open(path).data_bytes(rec.app, rec.function_id, rec.run_id)
+            size = entry.record_bytes + Store.open(path).data.run_bytes(rec.app, rec.function_id, rec.run_id)
             cells = [rec.app, rec.function_id, rec.run_id, status.value, step_summary(entry)]
             rows.append([*cells, took, when(rec.updated_at), size_text(size)])
         if not rows:
@@ -340,7 +340,7 @@ class Commands:
         store = Store.open(path)
         records = sum(record for record, _ in sizes.values())
         run_record = store.value_bytes(_store.run_key(rec.app, rec.function_id, rec.run_id))
-        data = store.data_bytes(rec.app, rec.function_id, rec.run_id)
+        data = store.data.run_bytes(rec.app, rec.function_id, rec.run_id)
         self.write(
             f"on disk: {size_text(records + run_record + data)} (records {size_text(records + run_record)}, "
             f"data files {size_text(data)})"

@@ -128,7 +128,7 @@ class Execution:
         self.logged = state.observed
         """Whether the ``nbdurable`` logger hears step changes (checked once: steps are many)."""
         self.values = StepValues(
-            self.store, fn.id, self.store.data_folder(client.app_id, fn.id, state.id), mmap=client.mmap
+            self.store, fn.id, self.store.data.folder(client.app_id, fn.id, state.id), mmap=client.mmap
         )
         self.last_output: tuple[Any, str] | None = None
         """The latest step's value and key: a run returning it stores it once, with the step."""
@@ -421,7 +421,7 @@ class Execution:
             data=data,
         )
         if p.replaces is not None:
-            self.store.delete_data(p.replaces)
+            self.store.data.delete(p.replaces)
         self.last_output = (out, p.key)
         self.current = None
         info.status = StepStatus.COMPLETED

@@ -83,7 +83,7 @@ def _read_data(client: Client, ref: DataRef) -> Any:
         codec = registry.named(ref.codec)
     except KeyError:
         return NO_OUTPUT
-    value = client.store.read_data(ref, codec, mmap=client.mmap)
+    value = client.store.data.read(ref, codec, mmap=client.mmap)
     return NO_OUTPUT if isinstance(value, Unreadable) else value
 
 
@@ -255,7 +255,7 @@ def _drop(client: Client, rec: RunRecord, *, refuse: bool) -> bool:
                 return False
         store.delete_prefix(_store.step_prefix(client.app_id, rec.function_id, rec.run_id))
         store.delete(key)
-        store.delete_data_folder(store.data_folder(client.app_id, rec.function_id, rec.run_id))
+        store.data.delete_folder(store.data.folder(client.app_id, rec.function_id, rec.run_id))
     return True
 
 
@@ -280,5 +280,5 @@ def invalidate(client: Client, fn_id: str, run_id: str, from_step: str | None) -
     for key in order:
         client.store.delete(prefix + key)
         if key in files:
-            client.store.delete_data(files[key])
+            client.store.data.delete(files[key])
     return order

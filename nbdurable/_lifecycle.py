@@ -281,7 +281,7 @@ class Lifecycle:
                 )
                 written = not self.store.read_only and self.lease.write(self.record, payload)
                 if written and replaced is not None and replaced != data:
-                    self.store.delete_data(replaced)
+                    self.store.data.delete(replaced)
         finally:
             self.lease.release()
             state.status = status
@@ -303,8 +303,8 @@ class Lifecycle:
         data_codec = data_codec_for(output) if type(output) not in _PLAIN else None
         try:
             if data_codec is not None:
-                folder = self.store.data_folder(self.client.app_id, self.fn.id, self.state.id)
-                return b"", self.store.write_data(folder, data_codec, output)
+                folder = self.store.data.folder(self.client.app_id, self.fn.id, self.state.id)
+                return b"", self.store.data.write(folder, data_codec, output)
             return codec_for(self.serializer, self.fn.output_type).dumps(output, "<run output>"), None
         except OutputUnserializableError:
             return b"", None

@@ -2,7 +2,8 @@ r"""The store: records of runs, steps and events in one diskcache directory per 
 
 One diskcache ``Cache`` per store path per process, opened through ``_diskcompat`` (the
 only module that knows diskcache's internals). Values are ``header + b"\\n" + payload``
-where the header is a record of ``_records`` (JSON) and the payload the serialized output.
+where the header is a record of ``_records`` (JSON) and the payload the serialized output;
+data values live in files of their own beside the database (``_datafiles``, ``store.data``).
 Eviction is off: durable state is never culled.
 
 The store folder is private to its user (0700, files 0600, whatever the umask), and the
@@ -14,33 +15,28 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
-import shutil
 import sqlite3
 import stat
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import diskcache
 
-from nbdurable import _diskcompat, _doorbell, _index, _records, _trust
+from nbdurable import _datafiles, _diskcompat, _doorbell, _index, _records, _trust
 from nbdurable._diskcompat import Unreadable
 from nbdurable._process import STATE
 from nbdurable._types import CORRUPT, MISSING, Absent
 from nbdurable.errors import StoreError
 
 if TYPE_CHECKING:
-    from nbdurable._codecs import DataCodec
     from nbdurable._records import DataRef, EventRecord, R, Record, RunRecord, StepRecord
 
 SEP = _diskcompat.SEP
 DB_FILE = "cache.db"
-DATA_DIR = "data"
-"""Data files (arrays, frames...) live in ``data/<run>/``, one file per stored value."""
+DATA_DIR = _datafiles.DATA_DIR
 
 
 # --- keys ---------------------------------------------------------------------------------
@@ -112,6 +108,8 @@ class Store:
         if self.created:
             _trust.trust_store(path)
         self.trusted = _trust.is_trusted(path)
+        self.data = _datafiles.DataFiles(self)
+        """The store's data files (values written in their own formats)."""
 
     def _prepare(self) -> None:
         """Create the folder and database private to the user, or tighten an existing store of theirs."""
@@ -173,9 +171,10 @@ class Store:
         except StoreError:
             raise
         except _STORE_ERRORS as exc:
-            raise StoreError(self._explain(action, exc)) from exc
+            raise StoreError(self.explain(action, exc)) from exc
 
-    def _explain(self, action: str, exc: BaseException) -> str:
+    def explain(self, action: str, exc: BaseException) -> str:
+        """What went wrong doing ``action`` on the store, and the fix: the text of a ``StoreError``."""
         text = str(exc) or type(exc).__name__
         low = text.lower()
         safe = " Nothing stored before was lost." if action == "write" else ""
@@ -361,7 +360,7 @@ class Store:
         try:
             _diskcompat.write_record(self.cache, key, head, payload, tag, new=new)
         except _STORE_ERRORS as exc:
-            raise StoreError(self._explain("write", exc)) from exc
+            raise StoreError(self.explain("write", exc)) from exc
 
     def delete(self, key: str) -> bool:
         """Delete one record (the index follows: see ``_index``)."""
@@ -460,96 +459,18 @@ class Store:
             if new is not None:
                 self.put(key, new[0], new[1])
 
-    # -- data files ---------------------------------------------------------------------------
-
-    def data_folder(self, app: str, function_id: str, run_id: str) -> str:
-        """The folder (relative to the store) holding a run's data files."""
-        digest = hashlib.blake2b(f"{app}{SEP}{function_id}{SEP}{run_id}".encode(), digest_size=12).hexdigest()
-        return f"{DATA_DIR}/{digest}"
-
-    def data_bytes(self, app: str, function_id: str, run_id: str) -> int:
-        """Bytes of a run's data files (one folder listing)."""
-        return _folder_bytes(os.path.join(self.path, self.data_folder(app, function_id, run_id)))
+    # -- disk use ---------------------------------------------------------------------------
 
     def disk_usage(self) -> dict[str, int]:
         """Bytes on disk: the database (with its journal), values diskcache keeps in files, data files, total."""
-        database = sum(_file_bytes(self.db_path + suffix) for suffix in ("", "-wal", "-shm"))
-        data = _folder_bytes(os.path.join(self.path, DATA_DIR), deep=True)
+        database = sum(_datafiles.file_bytes(self.db_path + suffix) for suffix in ("", "-wal", "-shm"))
+        data = _datafiles.folder_bytes(os.path.join(self.path, DATA_DIR), deep=True)
         values = 0
         with os.scandir(self.path) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False) and entry.name != DATA_DIR:
-                    values += _folder_bytes(entry.path, deep=True)
+                    values += _datafiles.folder_bytes(entry.path, deep=True)
         return {"database": database, "value files": values, "data files": data, "total": database + values + data}
-
-    def write_data(self, folder: str, codec: DataCodec, value: Any) -> DataRef:
-        """Stream ``value`` into a new data file of ``folder`` with ``codec``; the reference to store.
-
-        The file is written under a temporary name and renamed once complete, so no reader ever
-        sees half of it; a failed write (a full disk) removes it and raises ``StoreError``.
-        """
-        self.check_writable()
-        self.check_identity()
-        full_folder = os.path.join(self.path, folder)
-        name = f"{uuid.uuid4().hex}{codec.suffix}"
-        final = os.path.join(full_folder, name)
-        temp = final + ".partial"
-        try:
-            _diskcompat.make_private_dirs(full_folder, self.path)
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _diskcompat.FILE_MODE)
-            with open(fd, "wb") as f:
-                codec.write(value, f)
-            os.replace(temp, final)
-            size = os.stat(final).st_size
-        except OSError as exc:
-            if exc.errno is None and _nearly_full(self.path):  # numpy's short write says only "requested"
-                exc = OSError(errno.ENOSPC, f"No space left on device while writing {final}")
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise StoreError(self._explain("write", exc)) from exc
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        return _records.DataRef(codec=codec.name, file=f"{folder}/{name}", size=size)
-
-    def data_path(self, ref: DataRef) -> str | None:
-        """The full path of a data file, or None if the reference points outside the store's data."""
-        parts = ref.file.split("/")
-        if len(parts) != 3 or parts[0] != DATA_DIR or any(p in ("", ".", "..") or "\\" in p for p in parts):
-            return None
-        return os.path.join(self.path, *parts)
-
-    def read_data(self, ref: DataRef, codec: DataCodec, *, mmap: bool) -> Any:
-        """The value in a data file, or ``Unreadable`` (missing, truncated, or not what its codec reads)."""
-        path = self.data_path(ref)
-        if path is None:
-            return Unreadable(f"its data file {ref.file!r} lies outside the store")
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            return Unreadable(f"its data file {ref.file} is missing")
-        except OSError as exc:
-            return Unreadable(f"its data file {ref.file} cannot be read ({exc.strerror or exc})")
-        if size != ref.size:
-            return Unreadable(f"its data file {ref.file} has {size} bytes, not the {ref.size} written")
-        try:
-            return codec.read(path, mmap=mmap)
-        except Exception as exc:  # noqa: BLE001 - a damaged file is re-executed, never a crash
-            return Unreadable(f"its data file {ref.file} cannot be read by the {codec.name} codec ({exc})")
-
-    def delete_data(self, ref: DataRef) -> None:
-        """Delete one data file (a value replaced or forgotten)."""
-        path = self.data_path(ref)
-        if path is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-    def delete_data_folder(self, folder: str) -> None:
-        """Delete a run's data files."""
-        parts = folder.split("/")
-        if len(parts) == 2 and parts[0] == DATA_DIR and parts[1] not in ("", ".", ".."):
-            shutil.rmtree(os.path.join(self.path, *parts), ignore_errors=True)
 
     def warn_untrusted(self) -> None:
         """Say once that pickled values of this store are not loaded, and how to allow them."""
@@ -573,35 +494,6 @@ def _tighten(path: str) -> None:
             with contextlib.suppress(OSError):
                 if stat.S_ISREG(os.lstat(full).st_mode):
                     os.chmod(full, _diskcompat.FILE_MODE)
-
-
-def _file_bytes(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
-
-
-def _folder_bytes(path: str, *, deep: bool = False) -> int:
-    """Bytes of the files in a folder (and its subfolders when ``deep``); 0 if it does not exist."""
-    total = 0
-    try:
-        with os.scandir(path) as entries:
-            for entry in entries:
-                if entry.is_file(follow_symlinks=False):
-                    total += entry.stat(follow_symlinks=False).st_size
-                elif deep and entry.is_dir(follow_symlinks=False):
-                    total += _folder_bytes(entry.path, deep=True)
-    except OSError:
-        return total
-    return total
-
-
-def _nearly_full(path: str) -> bool:
-    try:
-        return shutil.disk_usage(path).free < 1 << 20
-    except OSError:
-        return False
 
 
 def _writable_store(path: str) -> bool:

@@ -74,7 +74,7 @@ class StepValues:
         except KeyError:
             value: Any = Unreadable(f"its codec {ref.codec!r} is not registered in this process")
         else:
-            value = self.store.read_data(ref, codec, mmap=self.mmap and ref.size >= MMAP_FROM)
+            value = self.store.data.read(ref, codec, mmap=self.mmap and ref.size >= MMAP_FROM)
         if isinstance(value, Unreadable):
             warnings.warn(
                 f"nbdurable: the stored output of step {_keys.label(key)!r} cannot be read ({value.reason}); "
@@ -106,7 +106,7 @@ class StepValues:
         if data_codec is None:
             return None
         try:
-            return self.store.write_data(self.data_folder, data_codec, value)
+            return self.store.data.write(self.data_folder, data_codec, value)
         except OutputUnserializableError as exc:
             if codec.name == "pickle":
                 return None  # the user chose pickle: it stores what the data codec cannot

@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
         "_index",
         "_doorbell",
         "_diskcompat",
+        "_datafiles",
         "_trust",
         "_store",
         "_cel",

@@ -288,7 +288,7 @@ def test_clear_older_than_drops_old_runs_with_their_data(client: nbdurable.Clien
         return ctx.step.run("arr", lambda: np.zeros(1000))
 
     d.run(run_id="old")
-    old_folder = Path(client.store_path) / client.store.data_folder("test", "d", "old")
+    old_folder = Path(client.store_path) / client.store.data.folder("test", "d", "old")
     assert any(old_folder.iterdir())
     clock.advance(8 * 86400)
     d.run(run_id="new")
