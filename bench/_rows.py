@@ -493,6 +493,26 @@ WHY_MISSED = {
         "helpers), diskcache, then nbdurable's own modules; pydantic and the record models are no longer "
         "imported"
     ),
+    "8": (
+        "the figure is a whole run (taking the run's lease, the step record, the run's end: three SQLite "
+        "transactions and about 0.6 ms of Python, some 1.2 ms in all here) against one file write: at "
+        "100 KB and 10 MB that fixed cost is most of the gap; at 1 GB both sides are the file write, "
+        "the same bytes through the same page cache (a profile of a 200 MB write gives the codec's "
+        "write equal to np.save's), and on this machine a write of that size stalls for seconds at "
+        "random once other recently written files fill the page cache: the range in the details is "
+        "that scatter, not the codec"
+    ),
+    "11": (
+        "the figure is a call right after a full garbage collection, which evicts the CPU's caches: "
+        "a frame's preview is then mostly cache refills of pandas' Python code (its shape alone is "
+        "about 50 us); back to back, as the view redraws, it is the warm figure in the details. "
+        "The time does not grow with the value (a 100 MB frame and a 2-row frame take the same)"
+    ),
+    "24": (
+        "a replay is a whole run (taking the lease and writing the run's end: two SQLite transactions, "
+        "about 1 ms here) around the read: for 10 MB that fixed cost is the gap; the read itself is "
+        "one Cache.get and pickle.loads, as the raw side"
+    ),
     "15a": (
         "the LocalCluster's scheduler and the Dask client's thread share the kernel's process (and its GIL) "
         "with the run: each step is its own submit (one graph update per step, where Client.map sends one "
