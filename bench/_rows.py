@@ -496,11 +496,12 @@ WHY_MISSED = {
     "8": (
         "the figure is a whole run (taking the run's lease, the step record, the run's end: three SQLite "
         "transactions and about 0.6 ms of Python, some 1.2 ms in all here) against one file write: at "
-        "100 KB and 10 MB that fixed cost is most of the gap; at 1 GB both sides are the file write, "
-        "the same bytes through the same page cache (a profile of a 200 MB write gives the codec's "
-        "write equal to np.save's), and on this machine a write of that size stalls for seconds at "
-        "random once other recently written files fill the page cache: the range in the details is "
-        "that scatter, not the codec"
+        "100 KB and 10 MB that fixed cost is most of the gap. At 1 GB both sides are the same write "
+        "(a profile shows nbdurable's is numpy's own tofile, np.save's too), and on this virtual "
+        "machine its time depends on whether the kernel hands the writer page-cache pages just freed "
+        "(about 0.25 s) or pages it must fault in from the host (about 3 s): np.save took 0.46-3.0 s "
+        "for the same array, and a script writing in the other order measured nbdurable 0.25 s against "
+        "np.save 2.9 s. The range in the details is that swing"
     ),
     "11": (
         "the figure is a call right after a full garbage collection, which evicts the CPU's caches: "
