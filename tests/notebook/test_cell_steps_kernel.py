@@ -193,3 +193,21 @@ def test_show_lists_what_a_cell_step_read_and_why_it_executed(kernels, tmp_path)
     assert "last executed because: x changed" in out
     assert "reads x from cell step A" in out
     assert "stores y" in out
+
+
+def test_a_large_array_bound_by_a_cell_step_restores_memory_mapped_in_a_new_kernel(kernels, tmp_path) -> None:
+    """A 64 MB array a cell step bound comes back in a new kernel, memory-mapped, without running the cell."""
+    log = tmp_path / "log"
+    cell = "%%step big\nimport numpy as np\nhit('big')\nbig = np.arange(8_000_000, dtype=np.float64)"
+    first = new_kernel(kernels, tmp_path)
+    _setup(first, log)
+    first.text(cell)
+    assert first.text("print(big.nbytes, float(big.sum()))") == f"64000000 {float(sum(range(8_000_000)))}\n"
+    first.close()
+
+    second = new_kernel(kernels, tmp_path)
+    _setup(second, log)
+    assert second.text(cell).startswith("%%step big: restored np, big from ")
+    check = "print(type(big).__name__, big.dtype, big.shape, float(big.sum()), big.flags.writeable)"
+    assert second.text(check) == f"memmap float64 (8000000,) {float(sum(range(8_000_000)))} True\n"
+    assert _hits(log) == ["big"]
