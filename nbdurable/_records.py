@@ -40,19 +40,7 @@ __all__ = [
     "StepRecord",
 ]
 
-NAMES = (
-    "KEYS_ESCAPED",
-    "KEYS_LEGACY",
-    "SCHEMA_VERSION",
-    "DataRef",
-    "ErrorRecord",
-    "EventRecord",
-    "Owner",
-    "R",
-    "Record",
-    "RunRecord",
-    "StepRecord",
-)
+NAMES = frozenset(__all__)
 
 
 def __getattr__(name: str) -> Any:
