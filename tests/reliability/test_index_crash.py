@@ -15,6 +15,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 import nbdurable
 from nbdurable._store import Store
 from tests.indexcheck import assert_index_matches, make_legacy
@@ -23,6 +25,7 @@ from tests.reliability import workload as w
 CTX = w.context()
 
 
+@pytest.mark.timeout(max(120, 4 * w.TRIALS * 2))  # four lives per trial, each up to 0.6 s plus the check
 def test_the_index_equals_the_records_after_every_kill(tmp_path: Path) -> None:
     """A worker writing, failing, forgetting and clearing runs is killed again and again; the index never drifts."""
     fig = w.figures("index under kills")
