@@ -83,6 +83,11 @@ class CronScheduler:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
 
+    def scheduled(self) -> set[tuple[str, str]]:
+        """The (function id, cron expression) pairs this scheduler fires now."""
+        with self._lock:
+            return set(self._next)
+
     def refresh(self) -> None:
         """Pick up functions registered since the last look (their schedules count from now)."""
         with self._lock:

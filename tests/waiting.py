@@ -6,8 +6,12 @@ import nbdurable
 from nbdurable.testing import FakeClock
 
 
-def eventually(predicate, timeout: float = 5.0):
-    """Poll ``predicate`` (real time, tiny steps) until it is truthy; fail after ``timeout``."""
+def eventually(predicate, timeout: float = 5.0, what: str = ""):
+    """Poll ``predicate`` (real time, tiny steps) until it is truthy, and return its value.
+
+    Fails with an ``AssertionError`` naming ``what`` after ``timeout`` seconds. The predicate
+    may itself fail (a process it waits on died) to stop the wait at once.
+    """
     import time
 
     end = time.monotonic() + timeout
@@ -16,7 +20,7 @@ def eventually(predicate, timeout: float = 5.0):
         if value:
             return value
         time.sleep(0.002)
-    raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+    raise AssertionError(f"not within {timeout} s: {what or predicate}")
 
 
 def waiting_step(run, key: str | None = None):

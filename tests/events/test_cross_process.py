@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -47,11 +46,12 @@ def _start_waiter(tmp_path: Path, *, no_fifo: bool = False) -> subprocess.Popen[
         text=True,
         env={**os.environ, "NBDURABLE_VIEW": "off"},
     )
-    deadline = time.monotonic() + 60
-    while not ready.exists():
+
+    def waiting() -> bool:
         assert proc.poll() is None, "the waiting process died"
-        assert time.monotonic() < deadline, "the waiting process never waited"
-        time.sleep(0.01)
+        return ready.exists()
+
+    eventually(waiting, 60, "the waiting process to wait")
     return proc
 
 

@@ -19,6 +19,7 @@ from jupyter_client.manager import KernelManager
 from nbdurable import _index
 from nbdurable.__main__ import main
 from nbdurable._store import Store
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.kernel
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
@@ -92,26 +93,18 @@ def new_kernel(kernels: list[Kernel], tmp_path: Path, **env: str) -> Kernel:
 
 
 def wait_for_line(path: Path, line: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and line in path.read_text().splitlines():
-            return
-        time.sleep(0.05)
-    msg = f"{line!r} never appeared in {path}"
-    raise TimeoutError(msg)
+    eventually(lambda: path.exists() and line in path.read_text().splitlines(), timeout, f"{line!r} in {path}")
 
 
 def _wait_for_step_in_flight(store: Path, key: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
+
+    def in_flight() -> bool:
+        return any(e.record.current_step == key for e in _index.runs(Store.open(store)))
+
     try:
-        while time.monotonic() < deadline:
-            if any(e.record.current_step == key for e in _index.runs(Store.open(store))):
-                return
-            time.sleep(0.05)
+        eventually(in_flight, timeout, f"step {key!r} recorded in flight in {store}")
     finally:
         Store.forget(store)
-    msg = f"step {key!r} was never recorded in flight in {store}"
-    raise TimeoutError(msg)
 
 
 def pipeline_code(tmp_path: Path, retries: int = 2) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 import nbdurable
 from nbdurable import _records, _store
 from tests.indexcheck import assert_index_matches
+from tests.waiting import eventually
 
 APP = "reliability"
 FN_ID = "chain"
@@ -269,9 +270,4 @@ def inspect_store(path: str) -> dict[str, Any]:
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
     """Poll ``predicate`` until it holds (cross-process handshakes); fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            msg = f"timed out after {timeout} s waiting for {predicate}"
-            raise TimeoutError(msg)
-        time.sleep(0.005)
+    eventually(predicate, timeout)

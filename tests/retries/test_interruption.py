@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +118,7 @@ def test_sigkill_mid_step_then_resume(tmp_path: Path) -> None:
     store, logs = tmp_path / "store", tmp_path / "logs"
     logs.mkdir()
     first = _worker(store, logs, "--hang-in", "b")
-    deadline = time.monotonic() + 30
-    while _starts(logs, "b") == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: _starts(logs, "b") > 0, 30, "step b to start")
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=30)
 

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from nbdurable._commands import Commands
 from nbdurable._store import Store
 from nbdurable.testing import FakeClock, temporary_client
 from tests.indexcheck import assert_index_matches, make_legacy
+from tests.waiting import eventually
 
 
 def _three(client: nbdurable.Client, calls: list[str] | None = None, fn_id: str = "f") -> nbdurable.Function[Any]:
@@ -205,11 +205,12 @@ def test_a_killed_run_lists_its_completed_steps(tmp_path: Path) -> None:
     )
     proc = subprocess.Popen([sys.executable, "-c", code])
     try:
-        deadline = time.monotonic() + 60
-        while not flag.exists():
-            assert time.monotonic() < deadline, "the worker never reached step c"
+
+        def at_step_c() -> bool:
             assert proc.poll() is None, "the worker died before step c"
-            time.sleep(0.01)
+            return flag.exists()
+
+        eventually(at_step_c, 60, "the worker to reach step c")
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import nbdurable
 from nbdurable import _lease, _records, _store
 from nbdurable._process import STATE
 from tests.retries.test_interruption import _starts, _worker
+from tests.waiting import eventually
 
 
 def test_three_processes_never_run_a_step_twice(tmp_path: Path) -> None:
@@ -36,11 +36,7 @@ def test_second_process_gets_run_locked_error(tmp_path: Path) -> None:
     logs.mkdir()
     owner = _worker(store, logs, "--hang-in", "b")
     try:
-        import time
-
-        deadline = time.monotonic() + 30
-        while _starts(logs, "b") == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        eventually(lambda: _starts(logs, "b") > 0, 30, "step b to start")
         client = nbdurable.Client("crash", store=store)
 
         @client.create_function(fn_id="pipeline")
@@ -174,9 +170,7 @@ def test_an_execution_that_lost_its_lease_stops_and_writes_nothing(client: nbdur
         rec, payload = client.store.get_run(key)
         client.store.put(key, rec.model_copy(update={"owner": usurper}), payload)
         client.clock.advance(60)  # type: ignore[attr-defined]  # the next heartbeat is due
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not _heartbeat_saw_it():
-            time.sleep(0.05)
+        eventually(_heartbeat_saw_it, 5, "the heartbeat to see the lease taken")
         return "a"
 
     def _heartbeat_saw_it() -> bool:
