@@ -69,7 +69,9 @@ def _send_and_read(tmp_path: Path, proc: subprocess.Popen[str]) -> str:
 def test_a_send_wakes_a_wait_in_another_process(tmp_path: Path) -> None:
     """The other process's wait returns the event although its own look in the store is an hour away."""
     proc = _start_waiter(tmp_path)
-    assert len(list((tmp_path / "store" / _doorbell.WAKE_DIR).iterdir())) == 1  # its pipe
+    wake = tmp_path / "store" / _doorbell.WAKE_DIR
+    # its pipe: made as the wait arms its doorbell, just after the step reads WAITING
+    eventually(lambda: wake.is_dir() and len(list(wake.iterdir())) == 1, 10, "the waiter's pipe")
     assert _send_and_read(tmp_path, proc) == "ada"
 
 
