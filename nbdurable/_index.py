@@ -23,7 +23,7 @@ import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from nbdurable import _diskcompat, _records
+from nbdurable import _diskindex, _records
 from nbdurable._diskcompat import SEP, Unreadable
 from nbdurable._types import CORRUPT, MISSING, RunStatus
 
@@ -71,10 +71,10 @@ class RunEntry:
 
 def prepare(store: Store) -> bool:
     """Whether the store has a usable index, upgrading a store from before it when it can be written."""
-    version = _diskcompat.index_version(store.cache)
-    if version == _diskcompat.INDEX_VERSION:
+    version = _diskindex.index_version(store.cache)
+    if version == _diskindex.INDEX_VERSION:
         return True
-    if version > _diskcompat.INDEX_VERSION or store.read_only:
+    if version > _diskindex.INDEX_VERSION or store.read_only:
         return False  # a newer nbdurable's index (never guessed at), or nothing may be written
     build(store)
     return True
@@ -84,20 +84,20 @@ def build(store: Store) -> None:
     """Index every run of a store from before the index, in place, in one transaction."""
     cache = store.cache
     with store.write_transaction():
-        if _diskcompat.index_version(cache) == _diskcompat.INDEX_VERSION:
+        if _diskindex.index_version(cache) == _diskindex.INDEX_VERSION:
             return  # another process upgraded it meanwhile
-        _diskcompat.create_index_tables(cache)
+        _diskindex.create_index_tables(cache)
         tags = [
-            (_diskcompat.step_tag(key, _status(head)), rowid)
-            for rowid, key, head in _diskcompat.rows_to_index(cache, runs=False)
+            (_diskindex.step_tag(key, _status(head)), rowid)
+            for rowid, key, head in _diskindex.rows_to_index(cache, runs=False)
         ]
-        _diskcompat.set_tags(cache, tags)
+        _diskindex.set_tags(cache, tags)
         run_tags = []
-        for rowid, key, head in _diskcompat.rows_to_index(cache, runs=True):
+        for rowid, key, head in _diskindex.rows_to_index(cache, runs=True):
             if _index_run(store, key, head):
-                run_tags.append((_diskcompat.RUN_TAG, rowid))
-        _diskcompat.set_tags(cache, run_tags)
-        _diskcompat.finish_index(cache)
+                run_tags.append((_diskindex.RUN_TAG, rowid))
+        _diskindex.set_tags(cache, run_tags)
+        _diskindex.finish_index(cache)
 
 
 def _status(head: Any) -> str | None:
@@ -117,7 +117,7 @@ def _index_run(store: Store, key: str, head: Any) -> bool:
     if rec is None:
         reason = head.reason if isinstance(head, Unreadable) else "not a run record this nbdurable reads"
         store.warn_unreadable(key, reason)
-        _diskcompat.unindex_run(store.cache, key)
+        _diskindex.unindex_run(store.cache, key)
         return False
     index_record(store, key, rec)
     return True
@@ -137,7 +137,7 @@ def index_record(store: Store, key: str, rec: RunRecord) -> None:
     """Write a run's index row from its record (inside the transaction writing the record)."""
     _, app, function_id, run_id = key.split(SEP, 3)
     fields = (app, function_id, run_id, rec.status.value, not rec.status.finished, rec.created_at, rec.updated_at)
-    _diskcompat.index_run(store.cache, key, fields)
+    _diskindex.index_run(store.cache, key, fields)
 
 
 def ready(store: Store) -> bool:
@@ -148,13 +148,13 @@ def ready(store: Store) -> bool:
     """
     if not store.indexed:
         return False
-    keys = _diskcompat.pending(store.cache, 1)
+    keys = _diskindex.pending(store.cache, 1)
     if not keys:
         return True
     if store.read_only:
         return False
     with store.write_transaction():
-        while keys := _diskcompat.pending(store.cache):
+        while keys := _diskindex.pending(store.cache):
             for key in keys:
                 _take_in(store, key)
     return True
@@ -162,16 +162,16 @@ def ready(store: Store) -> bool:
 
 def _take_in(store: Store, key: str) -> None:
     cache = store.cache
-    found = _diskcompat.head_of(cache, key)
+    found = _diskindex.head_of(cache, key)
     if key.startswith(f"r{SEP}"):
         if found is None:
-            _diskcompat.take_pending(cache, key, None)
+            _diskindex.take_pending(cache, key, None)
             return
         _index_run(store, key, found)
-        _diskcompat.take_pending(cache, key, _diskcompat.RUN_TAG)
+        _diskindex.take_pending(cache, key, _diskindex.RUN_TAG)
         return
-    tag = None if found is None else _diskcompat.step_tag(key, _status(found))
-    _diskcompat.take_pending(cache, key, tag)
+    tag = None if found is None else _diskindex.step_tag(key, _status(found))
+    _diskindex.take_pending(cache, key, tag)
 
 
 # --- reading it -------------------------------------------------------------------------------
@@ -225,7 +225,7 @@ def runs(
         params.append(before)
     order = "i.updated_at DESC" if before is None else "i.updated_at"
     with store.guard("read"):
-        cursor = _diskcompat.index_query(store.cache, " AND ".join(where), tuple(params), order)
+        cursor = _diskindex.index_query(store.cache, " AND ".join(where), tuple(params), order)
         yield from _entries(store, cursor)
 
 
@@ -258,7 +258,7 @@ def find(
     if function_id is not None:
         _function_clause(where, params, function_id, scoped=scoped)
     with store.guard("read"):
-        cursor = _diskcompat.index_query(store.cache, " AND ".join(where), tuple(params), "i.run_id, i.key")
+        cursor = _diskindex.index_query(store.cache, " AND ".join(where), tuple(params), "i.run_id, i.key")
         return list(itertools.islice(_entries(store, cursor), limit))
 
 
@@ -282,7 +282,7 @@ def totals(store: Store) -> tuple[int, int]:
         found = list(_scan(store, None, None, None, open_only=False))
         return len(found), sum(e.record_bytes for e in found)
     with store.guard("read"):
-        return _diskcompat.index_totals(store.cache)
+        return _diskindex.index_totals(store.cache)
 
 
 # --- without an index -------------------------------------------------------------------------
@@ -320,7 +320,7 @@ def _scan(
         steps_bytes = 0
         steps = "s" + key[1:] + SEP
         for step_key, step_raw in store.rows(steps, steps):
-            head = step_raw.split(b"\n", 1)[0] if step_raw is not None else _diskcompat.head_of(store.cache, step_key)
+            head = step_raw.split(b"\n", 1)[0] if step_raw is not None else _diskindex.head_of(store.cache, step_key)
             status = _status(head)
             if status in counts:
                 counts[status] += 1

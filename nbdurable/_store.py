@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import diskcache
 
-from nbdurable import _datafiles, _diskcompat, _doorbell, _index, _records, _trust
+from nbdurable import _datafiles, _diskcompat, _diskindex, _doorbell, _index, _records, _trust
 from nbdurable._diskcompat import Unreadable
 from nbdurable._process import STATE
 from nbdurable._types import CORRUPT, MISSING, Absent
@@ -300,12 +300,12 @@ class Store:
         if kind == f"r{SEP}" and self.indexed:
             assert isinstance(record, _records.RunRecord)
             with self.write_transaction():
-                _diskcompat.write_record(self.cache, key, head, payload, _diskcompat.RUN_TAG)
+                _diskcompat.write_record(self.cache, key, head, payload, _diskindex.RUN_TAG)
                 _index.index_record(self, key, record)
             return
         tag = None
         if kind == f"s{SEP}" and self.indexed:
-            tag = _diskcompat.step_tag(key, getattr(record, "status", None))
+            tag = _diskindex.step_tag(key, getattr(record, "status", None))
         self._set(key, head, payload, tag)
 
     def put_completed_step(
@@ -351,7 +351,7 @@ class Store:
                     "size": data.size,
                 }
             head = _encode_header(header).encode()
-        tag = _diskcompat.step_tag(key, "COMPLETED") if self.indexed else None
+        tag = _diskindex.step_tag(key, "COMPLETED") if self.indexed else None
         self._set(key, head, payload, tag, new=True)
 
     def _set(self, key: str, head: bytes, payload: bytes, tag: int | None = None, *, new: bool = False) -> None:
@@ -384,7 +384,7 @@ class Store:
     def value_bytes(self, key: str) -> int:
         """Bytes of the value stored under ``key`` (where it lives in a file, the file's size)."""
         with self.guard("read"):
-            return _diskcompat.stored_bytes(self.cache, key)
+            return _diskindex.stored_bytes(self.cache, key)
 
     def decode_step(self, key: str, raw: bytes | None) -> tuple[StepRecord, bytes] | Absent:
         """A step record from a raw value given by ``scan`` (read on its own when None)."""

@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
         "_index",
         "_doorbell",
         "_diskcompat",
+        "_diskindex",
         "_datafiles",
         "_trust",
         "_store",
@@ -69,7 +70,7 @@ LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 ONLY_IN = {
     "IPython": {"_magics", "_view"},
     "ipywidgets": {"_view"},
-    "diskcache": {"_diskcompat", "_store"},
+    "diskcache": {"_diskcompat", "_diskindex", "_store"},
     "distributed": set(),  # a Dask executor is recognised by its class's module, never imported
     "dask": set(),
     "cloudpickle": {"_executors"},  # only to check what a Dask executor could not send
