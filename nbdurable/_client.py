@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from nbdurable import _history, _keys, _records, _store
+from nbdurable import _events, _history, _keys, _records, _store
 from nbdurable._clock import SYSTEM_CLOCK, Clock
 from nbdurable._events import Cancel, Concurrency, Event, TriggerCron, TriggerEvent, as_events, resolve_waiters
 from nbdurable._function import Function
@@ -252,7 +252,7 @@ class Client:
         ids = []
         for event in items:
             record = _records.EventRecord(**event.to_dict(), received_at=self.clock.now())
-            seq = store.append_event(self.app_id, record)
+            seq = _events.append_event(store, self.app_id, record)
             resolve_waiters(self.where, seq, event)
             self._cancel_matching(event)
             self.trigger(event)

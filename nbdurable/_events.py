@@ -5,6 +5,7 @@ Also the in-process registry of ``wait_for_event`` waiters that ``Client.send`` 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import functools
@@ -14,12 +15,16 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from nbdurable import _doorbell, _records
+from nbdurable._diskcompat import SEP
 from nbdurable._process import STATE, Where
 from nbdurable._serde import non_str_keys
-from nbdurable._types import duration_seconds
+from nbdurable._types import CORRUPT, MISSING, duration_seconds
 
 if TYPE_CHECKING:
     from nbdurable._clock import Signal
+    from nbdurable._records import EventRecord
+    from nbdurable._store import Store
 
 
 def _now_ms() -> int:
@@ -331,3 +336,51 @@ def resolve_waiters(where: Where, seq: int, event: Event) -> int:
             waiter.signal.set()
             woken += 1
     return woken
+
+
+# --- the store's event log ------------------------------------------------------------------
+
+
+def event_key(app: str, seq: int, event_id: str) -> str:
+    """Key of a stored event, sorted by its store-wide sequence number (the order sent)."""
+    return f"e{SEP}{app}{SEP}{seq:016d}{SEP}{event_id}"
+
+
+SEQ_KEY = f"q{SEP}events"
+
+
+def last_seq(store: Store) -> int:
+    """The sequence number of the latest event sent to ``store`` (0 before any)."""
+    value = store.read(SEQ_KEY)
+    return value if type(value) is int else 0
+
+
+def append_event(store: Store, app: str, record: EventRecord) -> int:
+    """Store a sent event under the next sequence number, and return that number.
+
+    Both happen in one transaction, so sequence numbers become visible in order: a reader
+    that saw event N+1 can never find event N appearing later (other processes' waits
+    read "every event after the last one I saw"). Once committed, the waits of other
+    processes are woken to read it (``_doorbell``).
+    """
+    with store.write_transaction():
+        try:
+            seq = int(store.cache.incr(SEQ_KEY, 1, default=0))
+        except TypeError:  # not a number (written by other code): start the count again above it
+            store.cache.set(SEQ_KEY, 1)
+            seq = 1
+        store.put(event_key(app, seq, record.id), record)
+    _doorbell.ring(store.path)
+    return seq
+
+
+def events_after(store: Store, app: str, seq: int) -> list[tuple[int, EventRecord]]:
+    """Every readable event of ``app`` sent after sequence number ``seq``, in order."""
+    prefix = f"e{SEP}{app}{SEP}"
+    out = []
+    for key, raw in store.rows(event_key(app, seq + 1, ""), prefix):
+        got = store.decode(key, raw if raw is not None else store.read(key), _records.EventRecord)
+        if got is not MISSING and got is not CORRUPT:
+            with contextlib.suppress(ValueError, IndexError):
+                out.append((int(key.split(SEP)[2]), got[0]))
+    return out

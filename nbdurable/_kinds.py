@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from nbdurable import _doorbell, _records
+from nbdurable import _doorbell, _events, _records
 from nbdurable._actions import Plan, Replayed, Sleep, Wait
 from nbdurable._clock import Signal
 from nbdurable._engine import Execution, Pending
@@ -175,7 +175,7 @@ def plan_wait(
     else:
         started = ex.clock.now()
         deadline = started + seconds
-        after = ex.store.last_seq()
+        after = _events.last_seq(ex.store)
         meta = {"event": event, "if_exp": if_exp, "after": after}
         ex.store.put(
             ex.prefix + key,
@@ -203,7 +203,7 @@ def _wait(
             wake.add_callback(rung.set)
             # The store first: events sent while no process waited (kernel down) or by
             # another process; then the ones sent in this process.
-            for seq, rec in ex.store.events_after(ex.client.app_id, last):
+            for seq, rec in _events.events_after(ex.store, ex.client.app_id, last):
                 last = seq
                 candidate = Event(rec.name, rec.data, rec.id, rec.ts)
                 if rec.received_at is not None and rec.received_at > deadline:

@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from nbdurable import _keys, _lease, _records, _store
+from nbdurable import _events, _keys, _lease, _records, _store
 from nbdurable._codecs import codec_for as data_codec_for
 from nbdurable._events import Event
 from nbdurable._preview import preview
@@ -200,7 +200,7 @@ class Lifecycle:
         prev = self.previous
         if not self.fn.cancel or prev is None or prev.status.finished:
             return
-        for _, rec in self.store.events_after(self.client.app_id, 0):
+        for _, rec in _events.events_after(self.store, self.client.app_id, 0):
             if rec.received_at is not None and rec.received_at >= prev.updated_at:
                 cancel_if_matching(self.state, self.fn, Event(rec.name, rec.data, rec.id, rec.ts), self.clock.now())
 

@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 import diskcache
 
-from nbdurable import _datafiles, _diskcompat, _diskindex, _doorbell, _index, _records, _trust
+from nbdurable import _datafiles, _diskcompat, _diskindex, _index, _records, _trust
 from nbdurable._diskcompat import Unreadable
 from nbdurable._process import STATE
 from nbdurable._types import CORRUPT, MISSING, Absent
 from nbdurable.errors import StoreError
 
 if TYPE_CHECKING:
-    from nbdurable._records import DataRef, EventRecord, R, Record, RunRecord, StepRecord
+    from nbdurable._records import DataRef, R, Record, RunRecord, StepRecord
 
 SEP = _diskcompat.SEP
 DB_FILE = "cache.db"
@@ -50,14 +50,6 @@ def run_key(app: str, function_id: str, run_id: str) -> str:
 def step_prefix(app: str, function_id: str, run_id: str) -> str:
     """Prefix of every step record of a run."""
     return f"s{SEP}{app}{SEP}{function_id}{SEP}{run_id}{SEP}"
-
-
-def event_key(app: str, seq: int, event_id: str) -> str:
-    """Key of a stored event, sorted by its store-wide sequence number (the order sent)."""
-    return f"e{SEP}{app}{SEP}{seq:016d}{SEP}{event_id}"
-
-
-SEQ_KEY = f"q{SEP}events"
 
 
 _STORE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
@@ -391,42 +383,6 @@ class Store:
         if raw is None:
             return self.get_step(key)
         return self.decode(key, raw, _records.StepRecord)
-
-    # -- events -----------------------------------------------------------------------------
-
-    def last_seq(self) -> int:
-        """The sequence number of the latest event sent (0 before any)."""
-        value = self.read(SEQ_KEY)
-        return value if type(value) is int else 0
-
-    def append_event(self, app: str, record: EventRecord) -> int:
-        """Store a sent event under the next sequence number, and return that number.
-
-        Both happen in one transaction, so sequence numbers become visible in order: a reader
-        that saw event N+1 can never find event N appearing later (other processes' waits
-        read "every event after the last one I saw"). Once committed, the waits of other
-        processes are woken to read it (``_doorbell``).
-        """
-        with self.write_transaction():
-            try:
-                seq = int(self.cache.incr(SEQ_KEY, 1, default=0))
-            except TypeError:  # not a number (written by other code): start the count again above it
-                self.cache.set(SEQ_KEY, 1)
-                seq = 1
-            self.put(event_key(app, seq, record.id), record)
-        _doorbell.ring(self.path)
-        return seq
-
-    def events_after(self, app: str, seq: int) -> list[tuple[int, EventRecord]]:
-        """Every readable event of ``app`` sent after sequence number ``seq``, in order."""
-        prefix = f"e{SEP}{app}{SEP}"
-        out = []
-        for key, raw in self.rows(event_key(app, seq + 1, ""), prefix):
-            got = self.decode(key, raw if raw is not None else self.read(key), _records.EventRecord)
-            if got is not MISSING and got is not CORRUPT:
-                with contextlib.suppress(ValueError, IndexError):
-                    out.append((int(key.split(SEP)[2]), got[0]))
-        return out
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every record whose key starts with ``prefix``."""

@@ -8,12 +8,12 @@ import threading
 import pytest
 
 import nbdurable
-from nbdurable import _store
+from nbdurable import _events
 from tests.waiting import eventually
 
 
 def _stored_events(client):
-    return [rec for _, rec in client.store.events_after(client.app_id, 0)]
+    return [rec for _, rec in _events.events_after(client.store, client.app_id, 0)]
 
 
 def test_send_returns_ids_and_stores_events(client) -> None:
@@ -123,9 +123,9 @@ def test_invalid_expressions_fail_at_definition(client) -> None:
 def test_event_keys_are_ordered_by_send(client) -> None:
     """Events are stored under a store-wide sequence, so reading after a number gives later sends only."""
     client.send_sync([nbdurable.Event("a"), nbdurable.Event("b"), nbdurable.Event("c")])
-    assert client.store.last_seq() == 3
-    assert [r.name for _, r in client.store.events_after(client.app_id, 1)] == ["b", "c"]
-    assert _store.event_key("app", 2, "x") < _store.event_key("app", 10, "x")
+    assert _events.last_seq(client.store) == 3
+    assert [r.name for _, r in _events.events_after(client.store, client.app_id, 1)] == ["b", "c"]
+    assert _events.event_key("app", 2, "x") < _events.event_key("app", 10, "x")
 
 
 def test_an_event_and_its_sequence_number_are_stored_together(client, monkeypatch) -> None:
@@ -133,7 +133,7 @@ def test_an_event_and_its_sequence_number_are_stored_together(client, monkeypatc
     import sqlite3
 
     store = client.store
-    before = store.last_seq()
+    before = _events.last_seq(store)
 
     def broken(*_args, **_kwargs):
         raise sqlite3.OperationalError("database or disk is full")
@@ -142,6 +142,6 @@ def test_an_event_and_its_sequence_number_are_stored_together(client, monkeypatc
     with pytest.raises(nbdurable.StoreError, match="free disk space"):
         client.send_sync(nbdurable.Event("app/x", {}))
     monkeypatch.undo()
-    assert store.last_seq() == before
+    assert _events.last_seq(store) == before
     client.send_sync(nbdurable.Event("app/x", {}))
-    assert store.last_seq() == before + 1
+    assert _events.last_seq(store) == before + 1

@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 import nbdurable
+from nbdurable import _events
 from nbdurable.testing import FakeClock, simulate_restart
 from tests.waiting import StopsInWait, eventually, waiting_step
 
@@ -55,7 +56,7 @@ def test_wait_that_began_before_the_event_gets_it(client, is_async: bool) -> Non
     stored = client.get_run(run.id)
     first = stored.steps[0]
     assert (first.key, first.kind, first.status.value) == ("approval", "wait", "COMPLETED")
-    assert [e.id for _, e in client.store.events_after(client.app_id, 0)] == [event_id]
+    assert [e.id for _, e in _events.events_after(client.store, client.app_id, 0)] == [event_id]
 
 
 @pytest.mark.parametrize("is_async", [False, True])

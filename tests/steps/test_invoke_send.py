@@ -9,6 +9,7 @@ import threading
 import pytest
 
 import nbdurable
+from nbdurable import _events
 from nbdurable.testing import FakeClock
 from tests.waiting import eventually
 
@@ -177,7 +178,7 @@ def test_send_event_sends_once_and_replays_ids(client, is_async: bool) -> None:
     assert len(ids) == 1
     eventually(lambda: got == [{"n": 1}])
     assert sender.run() == ids
-    stored = [r.id for _, r in client.store.events_after(client.app_id, 0)]
+    stored = [r.id for _, r in _events.events_after(client.store, client.app_id, 0)]
     assert stored == ids
     eventually(lambda: all(r.status.finished for r in listener.runs()))
     assert got == [{"n": 1}]

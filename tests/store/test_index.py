@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import nbdurable
-from nbdurable import _index, _lease, _records, _store
+from nbdurable import _events, _index, _lease, _records, _store
 from nbdurable._commands import Commands
 from nbdurable._store import Store
 from nbdurable.testing import FakeClock, temporary_client
@@ -365,7 +365,7 @@ def test_a_store_from_before_the_index_lists_every_run_after_the_upgrade(tmp_pat
         assert big.output == "x" * 50_000
         (failed,) = _index.find(client.store, "failed")
         assert failed.counts() == {"COMPLETED": 1, "FAILED": 1}
-        assert [rec.name for _, rec in client.store.events_after("notebook", 0)] == ["app/approved"]
+        assert [rec.name for _, rec in _events.events_after(client.store, "notebook", 0)] == ["app/approved"]
     with temporary_client(path, app_id="other-app") as other:
         assert [r.id for r in other.runs()] == ["hello"]
     assert assert_index_matches(str(path)) == 16
