@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import datetime as _dt
 import heapq
-import html
 import json
 import os
 import shlex
@@ -24,9 +23,10 @@ from nbdurable._cellstep import CELL_FUNCTION, describe
 from nbdurable._client import DEFAULT_STORE, Client, default_client
 from nbdurable._events import Event
 from nbdurable._function import Function
+from nbdurable._preview import size_text
 from nbdurable._process import STATE
 from nbdurable._store import Store
-from nbdurable._text import COLUMNS, seconds, step_cells
+from nbdurable._text import COLUMNS, seconds, step_cells, step_summary, table, when
 from nbdurable._types import RunStatus
 from nbdurable.errors import RunFailedError
 
@@ -67,58 +67,6 @@ class CommandError(Exception):
 def fail(message: str) -> NoReturn:
     """Stop a command with a short message."""
     raise CommandError(message)
-
-
-def table(headers: list[str], rows: list[list[str]]) -> dict[str, str]:
-    """A table as a mime bundle: HTML for notebooks, aligned text for terminals.
-
-    Example:
-        >>> print(table(["a", "bb"], [["1", "2"]])["text/plain"])
-        a  bb
-        1  2
-    """
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    head = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
-    )
-    return {"text/plain": "\n".join(lines), "text/html": f"<table><thead><tr>{head}</tr></thead>{body}</table>"}
-
-
-def when(ts: float | None) -> str:
-    """A wall time for people (local time)."""
-    if ts is None:
-        return "-"
-    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")  # noqa: DTZ006 - local time for people
-
-
-def size_text(n: int) -> str:
-    """Bytes for people.
-
-    Example:
-        >>> size_text(512), size_text(2048), size_text(3 * 1024**3)
-        ('512 B', '2.0 KB', '3.0 GB')
-    """
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"  # pragma: no cover - the loop returns at GB
-
-
-def step_summary(entry: _index.RunEntry) -> str:
-    """A run's stored steps as a listing shows them: how many, and those not completed.
-
-    Example:
-        >>> from nbdurable._index import RunEntry
-        >>> step_summary(RunEntry(record=None, completed=2, failed=1))  # type: ignore[arg-type]
-        '3 (1 failed)'
-    """
-    others = [f"{n} {status.lower()}" for status, n in entry.counts().items() if status != "COMPLETED"]
-    return f"{entry.steps}" + (f" ({', '.join(others)})" if others else "")
 
 
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -81,8 +81,13 @@ def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
-def _size(nbytes: int) -> str:
-    """A byte count for people: ``512 B``, ``1.5 KB``, ``1.0 GB`` (powers of 1000)."""
+def size_text(nbytes: int) -> str:
+    """A byte count for people: ``512 B``, ``1.5 KB``, ``1.0 GB`` (powers of 1000).
+
+    Example:
+        >>> size_text(512), size_text(2048), size_text(3 * 10**9)
+        ('512 B', '2.0 KB', '3.0 GB')
+    """
     if nbytes < 1000:
         return f"{nbytes} B"
     size = float(nbytes)
@@ -226,7 +231,7 @@ class _Previewer:
         kind = type(value).__name__
         if n <= self.limit // 4:  # short enough that its escaped repr fits
             return repr(bytes(value)) if kind == "bytes" else f"{kind}({bytes(value)!r})"
-        return f"{kind} ({_size(n)})"
+        return f"{kind} ({size_text(n)})"
 
     def int_(self, value: int) -> str:
         bits = int.bit_length(value)

@@ -6,6 +6,8 @@ them for text, the widget lays them out as a table, ``%nbdurable show`` as its o
 
 from __future__ import annotations
 
+import datetime as _dt
+import html
 import os
 import sys
 from collections.abc import Callable
@@ -15,6 +17,7 @@ from nbdurable._preview import preview
 from nbdurable._types import StepInfo, StepStatus
 
 if TYPE_CHECKING:
+    from nbdurable._index import RunEntry
     from nbdurable._run import Run
 
 ICONS = {
@@ -274,3 +277,43 @@ def _wall() -> float:
     import time
 
     return time.time()
+
+
+# --- tables of %nbdurable ---------------------------------------------------------------------
+
+
+def table(headers: list[str], rows: list[list[str]]) -> dict[str, str]:
+    """A table as a mime bundle: HTML for notebooks, aligned text for terminals.
+
+    Example:
+        >>> print(table(["a", "bb"], [["1", "2"]])["text/plain"])
+        a  bb
+        1  2
+    """
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    head = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return {"text/plain": "\n".join(lines), "text/html": f"<table><thead><tr>{head}</tr></thead>{body}</table>"}
+
+
+def when(ts: float | None) -> str:
+    """A wall time for people (local time)."""
+    if ts is None:
+        return "-"
+    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")  # noqa: DTZ006 - local time for people
+
+
+def step_summary(entry: RunEntry) -> str:
+    """A run's stored steps as a listing shows them: how many, and those not completed.
+
+    Example:
+        >>> from nbdurable._index import RunEntry
+        >>> step_summary(RunEntry(record=None, completed=2, failed=1))  # type: ignore[arg-type]
+        '3 (1 failed)'
+    """
+    others = [f"{n} {status.lower()}" for status, n in entry.counts().items() if status != "COMPLETED"]
+    return f"{entry.steps}" + (f" ({', '.join(others)})" if others else "")

@@ -14,9 +14,9 @@ from IPython.core.interactiveshell import InteractiveShell
 import nbdurable
 from nbdurable import _store
 from nbdurable._cellstep import CELL_FUNCTION, CELL_STEP, assigned_names
-from nbdurable._commands import table
 from nbdurable._magics import NbdurableMagics
 from nbdurable._process import STATE
+from nbdurable._text import table
 from nbdurable.testing import FakeClock
 from tests.shell import real_shell
 
