@@ -16,6 +16,7 @@ LAYERS: list[set[str]] = [
     {"_process", "_loop"},  # process-wide state; blocking calls inside a running loop
     {  # data, store
         "_preview",
+        "_datahash",
         "_hashing",
         "_codec_base",
         "_frames",

@@ -370,10 +370,10 @@ def test_polars_frames_digest_by_content():
 def test_polars_frames_digest_without_pyarrow(monkeypatch):
     """Where pyarrow is not installed, polars frames digest by polars' own column hashes."""
     pl = pytest.importorskip("polars")
-    from nbdurable import _hashing
+    from nbdurable import _datahash
 
     monkeypatch.delitem(sys.modules, "pyarrow", raising=False)
-    monkeypatch.setattr(_hashing, "_importable", lambda name: False)
+    monkeypatch.setattr(_datahash, "_importable", lambda name: False)
     frame = pl.DataFrame({"a": [1, 2, None], "s": ["x", "y", "z"]})
     assert content_digest(frame) == content_digest(pl.DataFrame({"a": [1, 2, None], "s": ["x", "y", "z"]}))
     assert content_digest(frame) != content_digest(pl.DataFrame({"a": [1, 2, None], "s": ["x", "y", "w"]}))
