@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import datetime as _dt
 import hashlib
 import inspect
 import linecache
@@ -44,7 +43,7 @@ from nbdurable._function import Function
 from nbdurable._loop import run_blocking
 from nbdurable._run import Run
 from nbdurable._step import ContextSync
-from nbdurable._text import seconds
+from nbdurable._text import seconds, when
 from nbdurable._types import CORRUPT, MISSING, Backoff, StepInfo, StepStatus
 from nbdurable.errors import RunFailedError
 
@@ -84,12 +83,6 @@ def default_scope(shell: Any) -> str:
         if not relative.startswith(".."):
             return relative
     return path
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return _dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")  # noqa: DTZ006 - local time for people
 
 
 def _cell_traceback(tb: types.TracebackType | None) -> types.TracebackType | None:
@@ -322,7 +315,7 @@ class CellSteps:
         lost = restore_names(client.store, entries, self.shell.user_ns, name)
         back = [v for v in entries if v not in lost]
         line = (
-            f"%%step {name}: restored {', '.join(back) or 'nothing'} from {_when(info.started_at)} "
+            f"%%step {name}: restored {', '.join(back) or 'nothing'} from {when(info.started_at)} "
             f"(the cell took {seconds(info.duration)} then; --refresh to run it again)"
         )
         left = [*lost, *manifest.get("skipped", {})]

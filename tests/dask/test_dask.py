@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 import pytest
@@ -39,6 +40,9 @@ def cluster() -> Iterator[Cluster]:
         c.close()
 
 
+P = TypeVar("P", ProcessPoolExecutor, ThreadPoolExecutor)
+
+
 @pytest.fixture
 def dask_cluster(cluster: Cluster) -> Cluster:
     """The module's cluster with both workers up (a test may have killed one: its nanny restarts it)."""
@@ -46,22 +50,21 @@ def dask_cluster(cluster: Cluster) -> Cluster:
     return cluster
 
 
-@pytest.fixture
-def process_pool() -> Iterator[ProcessPoolExecutor]:
-    pool = ProcessPoolExecutor(2)
+def _shut_down_after(pool: P) -> Iterator[P]:
     try:
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture
+def process_pool() -> Iterator[ProcessPoolExecutor]:
+    yield from _shut_down_after(ProcessPoolExecutor(2))
 
 
 @pytest.fixture
 def thread_pool() -> Iterator[ThreadPoolExecutor]:
-    pool = ThreadPoolExecutor(2)
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    yield from _shut_down_after(ThreadPoolExecutor(2))
 
 
 @pytest.fixture
