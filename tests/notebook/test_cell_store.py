@@ -71,3 +71,18 @@ def test_a_cells_last_expression_is_displayed_and_replayed(ip, capsys) -> None:
     assert "restored total" in out
     ip.run_cell_magic("step", "quiet", "hidden = 1\nhidden * 5;")
     assert "5" not in capsys.readouterr().out
+
+
+def test_percent_step_names_the_cell_steps_of_every_scope_in_runs_and_clear(ip, capsys) -> None:
+    """`%nbdurable runs %%step` lists, and `clear %%step` deletes, the cell steps of every notebook's scope."""
+    ip.run_cell_magic("step", "load --scope one", "a = 1")
+    ip.run_cell_magic("step", "load --scope two", "b = 2")
+    capsys.readouterr()
+    ip.run_line_magic("nbdurable", "runs %%step")
+    listed = capsys.readouterr().out
+    assert "%%step[one]" in listed
+    assert "%%step[two]" in listed
+    ip.run_line_magic("nbdurable", "clear %%step")
+    assert "cleared 2 run(s)" in capsys.readouterr().out
+    ip.run_line_magic("nbdurable", "runs %%step")
+    assert "no runs" in capsys.readouterr().out
